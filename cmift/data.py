@@ -1,0 +1,172 @@
+"""Tokenized datasets cached on disk, dynamic padding, and the data loaders.
+
+The cache key holds everything that changes the tokens: task, raw-data fingerprint, tokenizer
+(name and a hash of its vocabulary), max length and sample limits. A second run of the same
+task finds the saved `datasets` folder and does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cmift.tasks import GlueTask, load_raw, source_fingerprint
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the stored columns change
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's vocabulary and rules (not of the truncation / padding state,
+    which a fast tokenizer changes each time it is called)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = tokenizer.get_vocab()
+    state = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def cache_key(task: GlueTask, data_cfg, tokenizer) -> str:
+    key = {
+        "format": CACHE_FORMAT,
+        "task": task.name,
+        "source": source_fingerprint(task, data_cfg.glue_dir),
+        "tokenizer": [getattr(tokenizer, "name_or_path", ""), tokenizer_fingerprint(tokenizer)],
+        "max_seq_length": data_cfg.max_seq_length,
+        "max_train_samples": data_cfg.max_train_samples,
+        "max_eval_samples": data_cfg.max_eval_samples,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{task.name}-{digest}"
+
+
+def limit_samples(raw, data_cfg):
+    """First N examples of train / each dev split, as run_glue's max_*_samples do."""
+    for split in list(raw):
+        limit = data_cfg.max_train_samples if split == "train" else data_cfg.max_eval_samples
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+def tokenize_splits(raw, tokenizer, max_length: int):
+    def encode(batch):
+        texts = [batch["text_a"]] + ([batch["text_b"]] if "text_b" in batch else [])
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        out = {"input_ids": enc["input_ids"]}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    text_cols = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
+    return raw.map(encode, batched=True, remove_columns=text_cols, desc="tokenizing")
+
+
+def load_tokenized(task: GlueTask, data_cfg, tokenizer, raw=None):
+    """The tokenized DatasetDict, from the on-disk cache when present (else built and saved)."""
+    from datasets import load_from_disk
+
+    key = cache_key(task, data_cfg, tokenizer)
+    folder = Path(data_cfg.cache_dir).expanduser() / "tokenized" / key
+    if (folder / "dataset_dict.json").is_file():
+        log.info("tokenized data: cache hit %s", folder)
+        return load_from_disk(str(folder))
+    log.info("tokenized data: building %s", folder)
+    if raw is None:
+        raw = load_raw(task, data_cfg.glue_dir)
+    tokenized = tokenize_splits(limit_samples(raw, data_cfg), tokenizer, data_cfg.max_seq_length)
+    # Save beside the target and rename, so a killed run never leaves a half-written cache.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
+    tokenized.save_to_disk(tmp)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another run saved the same key first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_from_disk(str(folder))
+
+
+@dataclass
+class Split:
+    """One tokenized split held as NumPy arrays, ready for fast padding."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: Optional[list[np.ndarray]]
+    labels: np.ndarray
+    idx: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, ds) -> "Split":
+        ds = ds.with_format("numpy")
+        cols = ds.column_names
+        as_list = lambda name: [np.asarray(x, dtype=np.int64) for x in ds[name]]  # noqa: E731
+        return cls(
+            input_ids=as_list("input_ids"),
+            token_type_ids=as_list("token_type_ids") if "token_type_ids" in cols else None,
+            labels=np.asarray(ds["label"]),
+            idx=np.asarray(ds["idx"]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+
+class PadCollator:
+    """Dynamic padding: each batch is padded to its own longest sequence."""
+
+    def __init__(self, split: Split, pad_id: int, regression: bool):
+        self.split = split
+        self.pad_id = pad_id
+        self.label_dtype = torch.float32 if regression else torch.long
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        s = self.split
+        width = max(len(s.input_ids[i]) for i in indices)
+        ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        types = np.zeros((len(indices), width), dtype=np.int64) if s.token_type_ids else None
+        for row, i in enumerate(indices):
+            n = len(s.input_ids[i])
+            ids[row, :n] = s.input_ids[i]
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = s.token_type_ids[i]
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.as_tensor(s.labels[indices], dtype=self.label_dtype),
+            "index": torch.as_tensor(indices, dtype=torch.long),
+        }
+        if types is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        return batch
+
+
+def train_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch's shuffled batches (the last may be short), drawn from the run's generator."""
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def eval_batches(split: Split, batch_size: int) -> list[list[int]]:
+    """Batches of similar length (sorted), so evaluation pads little; order restored later."""
+    order = np.argsort(split.lengths, kind="stable").tolist()
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,283 @@
+"""The training loop shared by every objective, and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from cmift.data import PadCollator, Split, eval_batches, train_batches
+from cmift.metrics import cmi_diagnostics, task_metrics
+from cmift.objectives import Outputs
+from cmift.tasks import GlueTask, split_suffix
+
+log = logging.getLogger(__name__)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ----- device and precision -------------------------------------------------------------------
+@dataclass
+class Device:
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # autocast dtype, None = fp32
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        return f"{name} ({amp})"
+
+
+def pick_device(precision: str) -> Device:
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        bf16_ok = torch.cuda.is_bf16_supported()
+        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
+                 "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return Device(torch.device("cuda"), dtype)
+    dtype = {"bf16": torch.bfloat16}.get(precision)  # fp16 autocast on CPU is not worth it
+    return Device(torch.device("cpu"), dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_kwargs(model) -> tuple[str, ...]:
+    """The inputs this model's forward accepts (DistilBERT has no token_type_ids)."""
+    params = inspect.signature(model.forward).parameters
+    return tuple(k for k in MODEL_INPUTS if k in params)
+
+
+# ----- optimiser --------------------------------------------------------------------------------
+def make_optimizer(model, t, device: Device) -> torch.optim.Optimizer:
+    """AdamW; biases and LayerNorm weights (1-d parameters) are not decayed, as in HF Trainer."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                             fused=device.device.type == "cuda")
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----- evaluation -------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    metrics: dict  # flat: task metrics, loss, cmi, gamma, ncmi (suffixed _m/_mm on MNLI)
+    predictions: dict = field(default_factory=dict)  # split -> (idx, labels, preds, probs)
+
+
+@torch.inference_mode()
+def predict(model, split: Split, collator: PadCollator, batch_size: int, device: Device,
+            inputs: tuple[str, ...]) -> np.ndarray:
+    """Logits for every example of `split`, in the split's order (batches are length-sorted)."""
+    was_training = model.training
+    model.eval()
+    out = None
+    for indices in eval_batches(split, batch_size):
+        batch = to_device(collator(indices), device.device)
+        with device.autocast():
+            logits = model(**{k: batch[k] for k in inputs if k in batch}).logits.float()
+        if out is None:
+            out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
+        out[indices] = logits.cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, task: GlueTask, splits: dict[str, Split], collators: dict, batch_size: int,
+             device: Device, inputs: tuple[str, ...]) -> EvalResult:
+    result = EvalResult(metrics={})
+    for name, split in splits.items():
+        logits = predict(model, split, collators[name], batch_size, device, inputs)
+        labels = split.labels
+        sfx = split_suffix(task, name)
+        if task.is_regression:
+            preds = logits[:, 0]
+            m = task_metrics(task.metrics, preds, labels)
+            m["loss"] = float(np.mean((preds - labels) ** 2))
+            probs = None
+        else:
+            t = torch.from_numpy(logits)
+            probs = torch.softmax(t, -1).numpy()
+            preds = logits.argmax(-1)
+            m = task_metrics(task.metrics, preds, labels)
+            m["loss"] = float(torch.nn.functional.cross_entropy(t, torch.from_numpy(labels)))
+            m.update(cmi_diagnostics(probs, labels))
+        result.metrics.update({f"{k}{sfx}": v for k, v in m.items()})
+        result.predictions[name] = (split.idx, labels, preds, probs)
+    scores = [result.metrics[f"{k}{split_suffix(task, s)}"] for s in splits for k in task.metrics]
+    result.metrics["score"] = float(np.mean(scores))  # GLUE's per-task score: mean of its metrics
+    return result
+
+
+# ----- training ---------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    evals: list
+    last: EvalResult
+    steps: int
+    epochs_done: float
+    train_seconds: float
+    train_examples: int
+
+
+def plan_steps(n_train: int, t) -> tuple[int, int]:
+    """(optimiser steps per epoch, total optimiser steps)."""
+    per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.grad_accum)
+    total = t.max_steps if t.max_steps else per_epoch * t.epochs
+    return per_epoch, total
+
+
+class StepLog:
+    """Per-step loss terms, kept on the device and written as JSON lines at log intervals, so
+    the hot loop never waits for the device."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pending: list[tuple[int, int, dict]] = []
+
+    def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor], lr: float) -> None:
+        self.pending.append((step, epoch, {k: v.detach() for k, v in terms.items()}, lr))
+
+    def flush(self) -> dict[str, float]:
+        """Write pending steps; return the mean of each term over them."""
+        if not self.pending:
+            return {}
+        names = list(self.pending[0][2])
+        values = torch.stack([torch.stack([t[k].float() for k in names])
+                              for _, _, t, _ in self.pending]).cpu().tolist()
+        with open(self.path, "a") as f:
+            for (step, epoch, _, lr), row in zip(self.pending, values):
+                f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr,
+                                    **dict(zip(names, row))}) + "\n")
+        means = dict(zip(names, np.mean(values, axis=0).tolist()))
+        self.pending.clear()
+        return means
+
+
+def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], pad_id: int,
+        cfg, device: Device, run_dir: Path, on_eval: Callable[[dict], None]) -> FitResult:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    t = cfg.train
+    inputs = model_kwargs(model)
+    train_collate = PadCollator(train, pad_id, task.is_regression)
+    dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
+    per_epoch, total = plan_steps(len(train), t)
+    optimizer = make_optimizer(model, t, device)
+    scheduler = linear_schedule(optimizer, int(t.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None
+    generator = torch.Generator().manual_seed(cfg.seed)  # the data order, separate from dropout
+    steps_log = StepLog(run_dir / "steps.jsonl")
+    log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
+             len(train), total, per_epoch, t.batch_size, t.grad_accum, t.lr)
+
+    evals: list[dict] = []
+    step, epoch, examples, train_seconds = 0, 0, 0, 0.0
+    last: Optional[EvalResult] = None
+
+    def run_eval() -> None:
+        nonlocal last
+        last = evaluate(model, task, dev, dev_collate, t.eval_batch_size, device, inputs)
+        record = {"step": step, "epoch": round(step / per_epoch, 4), "dev": last.metrics}
+        evals.append(record)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in last.metrics.items())
+        log.info("eval step %d (epoch %.2f): %s", step, step / per_epoch, shown)
+        on_eval(record)
+
+    model.to(device.device)
+    model.train()
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"),
+                        TextColumn("{task.fields[eps]} ex/s"),
+                        TimeRemainingColumn(), transient=True)
+    progress.disable = not progress.console.is_terminal
+    with progress:
+        bar = progress.add_task("train", total=total, loss="-", eps="-")
+        interval_start, interval_examples = time.perf_counter(), 0
+        while step < total:
+            epoch += 1
+            batches = train_batches(len(train), t.batch_size, generator)
+            loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=train_collate,
+                                                 pin_memory=device.device.type == "cuda")
+            epoch_start = time.perf_counter()
+            for i, cpu_batch in enumerate(loader):
+                batch = to_device(cpu_batch, device.device)
+                with device.autocast():
+                    logits = model(**{k: batch[k] for k in inputs if k in batch}).logits
+                terms = objective(Outputs(logits=logits), batch)
+                loss = terms["loss"] / t.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                examples += len(cpu_batch["labels"])
+                interval_examples += len(cpu_batch["labels"])
+                if (i + 1) % t.grad_accum and i + 1 != len(batches):
+                    continue
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if t.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                steps_log.add(step, epoch, terms, lr)
+                if step % t.log_every == 0 or step == total:
+                    means = steps_log.flush()  # the only host sync in the loop
+                    now = time.perf_counter()
+                    eps = interval_examples / max(now - interval_start, 1e-9)
+                    interval_start, interval_examples = now, 0
+                    progress.update(bar, loss=f"{means['loss']:.4f}", eps=f"{eps:.0f}")
+                    if progress.disable:
+                        log.info("step %d/%d epoch %d loss %.4f %.1f ex/s", step, total, epoch,
+                                 means["loss"], eps)
+                progress.update(bar, completed=step)
+                if step >= total:
+                    break
+                if t.eval_every and step % t.eval_every == 0:
+                    train_seconds += time.perf_counter() - epoch_start
+                    run_eval()
+                    epoch_start = interval_start = time.perf_counter()
+            train_seconds += time.perf_counter() - epoch_start
+            steps_log.flush()
+            if step >= total or not t.eval_every:
+                run_eval()
+                interval_start = time.perf_counter()
+    return FitResult(evals=evals, last=last, steps=step, epochs_done=step / per_epoch,
+                     train_seconds=train_seconds, train_examples=examples)

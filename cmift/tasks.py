@@ -1,0 +1,190 @@
+"""The GLUE task registry and raw-data loading (original GLUE TSV layout, or the hub).
+
+One table instead of branches: each task names its TSV files and columns, its label strings
+(in the hub's label order, so both sources give the same label ids), and its metrics.
+Loaded splits have the columns `idx`, `text_a`, `text_b` (pair tasks) and `label`.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class Column:
+    """Where a field lives in a GLUE TSV: a header name, or an index for header-less files."""
+
+    name: Optional[str] = None
+    index: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str
+    folder: str  # <glue_dir>/<folder>/
+    hub_config: str
+    hub_text: tuple[str, ...]  # text columns in the hub dataset
+    text: tuple[Column, ...]  # the same columns in the TSV files
+    label: Column
+    labels: Optional[tuple[str, ...]]  # TSV label strings, in label-id order; None = regression
+    metrics: tuple[str, ...]  # reported metrics; the task score is their mean
+    dev_splits: dict  # eval split name -> (TSV file stem, hub split)
+    has_header: bool = True
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+
+def _c(name: str) -> Column:
+    return Column(name=name)
+
+
+_DEV = {"validation": ("dev", "validation")}
+TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in [
+        # CoLA's train and dev files have no header: source, label, original label, sentence.
+        GlueTask("cola", "CoLA", "cola", ("sentence",), (Column(index=3),), Column(index=1),
+                 ("0", "1"), ("matthews_correlation",), _DEV, has_header=False),
+        GlueTask("sst2", "SST-2", "sst2", ("sentence",), (_c("sentence"),), _c("label"),
+                 ("0", "1"), ("accuracy",), _DEV),
+        GlueTask("mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"),
+                 (_c("#1 String"), _c("#2 String")), _c("Quality"), ("0", "1"),
+                 ("accuracy", "f1"), _DEV),
+        GlueTask("qqp", "QQP", "qqp", ("question1", "question2"),
+                 (_c("question1"), _c("question2")), _c("is_duplicate"), ("0", "1"),
+                 ("accuracy", "f1"), _DEV),
+        GlueTask("mnli", "MNLI", "mnli", ("premise", "hypothesis"),
+                 (_c("sentence1"), _c("sentence2")), _c("gold_label"),
+                 ("entailment", "neutral", "contradiction"), ("accuracy",),
+                 {"validation_matched": ("dev_matched", "validation_matched"),
+                  "validation_mismatched": ("dev_mismatched", "validation_mismatched")}),
+        GlueTask("qnli", "QNLI", "qnli", ("question", "sentence"),
+                 (_c("question"), _c("sentence")), _c("label"),
+                 ("entailment", "not_entailment"), ("accuracy",), _DEV),
+        GlueTask("rte", "RTE", "rte", ("sentence1", "sentence2"),
+                 (_c("sentence1"), _c("sentence2")), _c("label"),
+                 ("entailment", "not_entailment"), ("accuracy",), _DEV),
+        GlueTask("wnli", "WNLI", "wnli", ("sentence1", "sentence2"),
+                 (_c("sentence1"), _c("sentence2")), _c("label"), ("0", "1"),
+                 ("accuracy",), _DEV),
+        GlueTask("stsb", "STS-B", "stsb", ("sentence1", "sentence2"),
+                 (_c("sentence1"), _c("sentence2")), _c("score"), None,
+                 ("pearson", "spearmanr"), _DEV),
+    ]
+}
+
+
+class DataError(ValueError):
+    """Missing or malformed data: reported as one line, exit code 2."""
+
+
+def split_suffix(task: GlueTask, split: str) -> str:
+    """Metric-name suffix of an eval split: '' for the single dev set, '_m' / '_mm' for MNLI."""
+    if len(task.dev_splits) == 1:
+        return ""
+    return "_mm" if split.endswith("mismatched") else "_m"
+
+
+def task_files(task: GlueTask, glue_dir: str) -> dict[str, Path]:
+    folder = Path(glue_dir).expanduser() / task.folder
+    files = {"train": folder / "train.tsv"}
+    files.update({split: folder / f"{stem}.tsv" for split, (stem, _) in task.dev_splits.items()})
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        expected = ", ".join(p.name for p in files.values())
+        raise DataError(f"GLUE task {task.name}: missing {', '.join(map(str, missing))} "
+                        f"(expected {expected} in {folder})")
+    return files
+
+
+def _column_index(col: Column, header: Optional[list[str]], path: Path) -> int:
+    if col.index is not None:
+        return col.index
+    if header is None or col.name not in header:
+        raise DataError(f"{path}: no column {col.name!r} in header {header}")
+    return header.index(col.name)
+
+
+def read_tsv(task: GlueTask, path: Path) -> dict[str, list]:
+    """Read one GLUE TSV into columns. Quoting is off (GLUE text holds bare quotes)."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows) if task.has_header else None
+        text_idx = [_column_index(c, header, path) for c in task.text]
+        label_idx = _column_index(task.label, header, path)
+        label_ids = {s: i for i, s in enumerate(task.labels or ())}
+        width = max([*text_idx, label_idx]) + 1
+        out: dict[str, list] = {"idx": [], "label": [], "text_a": []}
+        if len(text_idx) == 2:
+            out["text_b"] = []
+        first_line = 2 if task.has_header else 1
+        for n, row in enumerate(rows):
+            line = first_line + n
+            if len(row) < width:
+                raise DataError(f"{path}:{line}: {len(row)} columns, expected at least {width}")
+            raw = row[label_idx].strip()
+            if task.is_regression:
+                try:
+                    label = float(raw)
+                except ValueError:
+                    raise DataError(f"{path}:{line}: label {raw!r} is not a number") from None
+            elif raw in label_ids:
+                label = label_ids[raw]
+            else:
+                raise DataError(f"{path}:{line}: label {raw!r} is not one of {list(label_ids)}")
+            out["idx"].append(n)
+            out["label"].append(label)
+            out["text_a"].append(row[text_idx[0]])
+            if len(text_idx) == 2:
+                out["text_b"].append(row[text_idx[1]])
+    return out
+
+
+def source_fingerprint(task: GlueTask, glue_dir: Optional[str]) -> dict:
+    """What identifies the raw data, for cache keys: file sizes and mtimes, or the hub name."""
+    if glue_dir is None:
+        return {"hub": HUB_DATASET, "config": task.hub_config}
+    return {split: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+            for split, p in task_files(task, glue_dir).items()}
+
+
+def load_raw(task: GlueTask, glue_dir: Optional[str]):
+    """Train and dev splits as a `datasets.DatasetDict`: idx, text_a, [text_b], label."""
+    from datasets import Dataset, DatasetDict
+
+    if glue_dir is not None:
+        files = task_files(task, glue_dir)
+        splits = {s: Dataset.from_dict(read_tsv(task, p)) for s, p in files.items()}
+        return DatasetDict(splits)
+    return _load_hub(task)
+
+
+def _load_hub(task: GlueTask):
+    from datasets import DatasetDict, load_dataset
+
+    try:
+        ds = load_dataset(HUB_DATASET, task.hub_config)
+    except Exception as e:  # offline, no such config, ...: one clear line instead of a trace
+        raise DataError(f"could not load {HUB_DATASET}/{task.hub_config} from the hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "set data.glue_dir or $GLUE_DIR to a local GLUE folder") from None
+    names = dict(zip(task.hub_text, ("text_a", "text_b")))
+    wanted = {"train": "train", **{s: hub for s, (_, hub) in task.dev_splits.items()}}
+    out = {}
+    for split, hub_split in wanted.items():
+        d = ds[hub_split].rename_columns(names)
+        out[split] = d.select_columns(["idx", *names.values(), "label"])
+    return DatasetDict(out)

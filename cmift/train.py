@@ -1,0 +1,145 @@
+"""One run, start to finish: data, model, objective, loop, and the run directory's records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cmift.config import ConfigError, config_hash, validate
+from cmift.data import Split, load_tokenized
+from cmift.loop import fit, pick_device
+from cmift.models import build_tiny_tokenizer, is_tiny, load_model, load_tokenizer, max_positions
+from cmift.objectives import build as build_objective
+from cmift.runs import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    SCHEMA_VERSION,
+    manifest,
+    setup_logging,
+    write_json,
+)
+from cmift.tasks import TASKS, load_raw, source_fingerprint
+
+log = logging.getLogger("cmift")
+
+
+def write_predictions(run_dir: Path, task, predictions: dict) -> None:
+    """Dev predictions, one TSV per dev split: index, label, prediction (label names)."""
+    import pandas as pd
+
+    for split, (idx, labels, preds, probs) in predictions.items():
+        frame = pd.DataFrame({"index": idx, "label": labels, "prediction": preds})
+        if not task.is_regression:
+            names = list(task.labels)
+            frame["label"] = [names[i] for i in labels]
+            frame["prediction"] = [names[i] for i in preds]
+            for k, name in enumerate(names):
+                frame[f"p_{name}"] = probs[:, k].round(6)
+        tmp = run_dir / f".predictions_{split}.tsv"
+        frame.to_csv(tmp, sep="\t", index=False)
+        tmp.replace(run_dir / f"predictions_{split}.tsv")
+
+
+def prepare_data(cfg: DictConfig, task):
+    """(tokenizer, train Split, {dev split name: Split}); tokenization comes from the cache."""
+    cache_dir = Path(cfg.data.cache_dir).expanduser()
+    raw = None
+    if is_tiny(cfg.model):
+        raw = load_raw(task, cfg.data.glue_dir)
+        columns = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
+        texts = [text for c in columns for text in raw["train"][c]]
+        key = hashlib.sha256(json.dumps(source_fingerprint(task, cfg.data.glue_dir)).encode())
+        key = f"{task.name}-{key.hexdigest()[:12]}"
+        tokenizer = build_tiny_tokenizer(cfg.model, texts, cache_dir, key)
+    else:
+        tokenizer = load_tokenizer(cfg.model)
+    tokenized = load_tokenized(task, cfg.data, tokenizer, raw)
+    train = Split.from_dataset(tokenized["train"])
+    dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
+    return tokenizer, train, dev
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train and evaluate one configuration in `run_dir`; returns the metrics record."""
+    validate(cfg)
+    task = TASKS[cfg.task.name]
+    setup_logging(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.train.precision)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
+    record = {
+        "schema_version": SCHEMA_VERSION, "status": "running", "task": task.name,
+        "model": cfg.model.name, "objective": cfg.objective.name,
+        "distillation": cfg.distillation.name, "seed": cfg.seed,
+        "overrides": _overrides(), "config_hash": config_hash(cfg), "run_dir": str(run_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "evals": [],
+    }
+    write_json(run_dir / METRICS_FILE, record)
+    log.info("run %s on %s", run_dir, device.describe())
+    try:
+        _train(cfg, task, device, run_dir, record)
+    except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
+        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_json(run_dir / METRICS_FILE, record)
+        if not isinstance(e, (ConfigError, KeyboardInterrupt)):
+            log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
+        raise
+    return record
+
+
+def _train(cfg, task, device, run_dir: Path, record: dict) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
+    tokenizer, train, dev = prepare_data(cfg, task)
+    transformers.set_seed(cfg.seed)
+    model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
+    limit = max_positions(model)
+    if cfg.data.max_seq_length > limit:
+        raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
+                          f"model {cfg.model.name} takes at most {limit} positions")
+    objective = build_objective(cfg.objective, task)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s (%.1fM parameters), task %s: %d train, %s dev", cfg.model.name,
+             n_params / 1e6, task.name, len(train), {k: len(v) for k, v in dev.items()})
+
+    def on_eval(entry: dict) -> None:
+        record["evals"].append(entry)
+        write_json(run_dir / METRICS_FILE, record)
+
+    result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
+                 on_eval)
+    best = max(result.evals, key=lambda e: e["dev"]["score"])
+    record.update(
+        status="ok",
+        final={"step": result.evals[-1]["step"], "epoch": result.evals[-1]["epoch"],
+               **result.evals[-1]["dev"]},
+        best={"step": best["step"], "epoch": best["epoch"], **best["dev"]},
+        steps=result.steps,
+        epochs=result.epochs_done,
+        train_examples=result.train_examples,
+        train_seconds=round(result.train_seconds, 3),
+        train_examples_per_second=round(result.train_examples / max(result.train_seconds, 1e-9), 2),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    write_predictions(run_dir, task, result.last.predictions)
+    write_json(run_dir / METRICS_FILE, record)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last.metrics.items())
+    log.info("done in %.0fs (%.1f train ex/s): %s", result.train_seconds,
+             record["train_examples_per_second"], shown)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

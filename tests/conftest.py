@@ -1,0 +1,66 @@
+"""Shared fixtures: a GLUE folder (the real one beside the checkout when present, else a small
+generated one in the original layout), a private cache, and config composition."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_GLUE = Path(os.environ.get("CMIFT_TEST_GLUE", REPO.parent / "shared" / "glue"))
+WORDS = ("the a court said company shares market year new police man people government "
+         "report percent million billion on in at by for with from to of and was were is "
+         "are has had will would can could said told added reported").split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
+
+
+def write_fake_mrpc(root: Path, n_train: int = 200, n_dev: int = 60, seed: int = 0) -> Path:
+    """MRPC in the original layout (BOM, header, quality first); label 1 = near-copy pairs."""
+    rng = random.Random(seed)
+    folder = root / "MRPC"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            a = _sentence(rng, rng.randint(5, 20))
+            label = rng.random() < 0.6
+            b = a if label else _sentence(rng, rng.randint(5, 20))
+            lines.append(f"{int(label)}\t{i}\t{i + 100000}\t{a}\t{b}")
+        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory) -> str:
+    if (REAL_GLUE / "MRPC" / "train.tsv").is_file():
+        return str(REAL_GLUE)
+    return str(write_fake_mrpc(tmp_path_factory.mktemp("glue")))
+
+
+@pytest.fixture(scope="session")
+def fake_glue(tmp_path_factory) -> str:
+    return str(write_fake_mrpc(tmp_path_factory.mktemp("fakeglue")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    os.environ["CMIFT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("GLUE_DIR", None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def compose(*overrides: str):
+    """The config `cmift <overrides>` would run, composed without starting a job."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from cmift.cli import CONF_DIR  # registers the schema and resolvers
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

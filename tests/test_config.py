@@ -1,0 +1,72 @@
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from cmift.config import ConfigError, config_hash, run_name, validate
+from cmift.tasks import TASKS
+from conftest import compose
+
+MODELS = ["bert_base", "distilbert", "minilm_l6", "tiny"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_and_model_composes(task, model):
+    cfg = compose(f"task={task}", f"model={model}")
+    validate(cfg)
+    assert cfg.task.name == task and cfg.model.name == model
+    assert cfg.train.batch_size == 32 and cfg.train.lr == 2e-5 and cfg.data.max_seq_length == 128
+
+
+def test_task_configs_match_the_registry():
+    from cmift.cli import CONF_DIR
+
+    assert sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml")) == sorted(TASKS)
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        compose("train.lrr=0.1")
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose("train.batch_size=big")
+
+
+def test_bad_precision_lists_the_choices():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("train.precision=fp8")
+    assert "bf16" in str(e.value.__cause__ or e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.lr=-1", "train.lr"),
+    ("train.grad_accum=0", "train.grad_accum"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+    ("data.max_seq_length=0", "data.max_seq_length"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose(override))
+
+
+def test_glue_dir_defaults_to_env(monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", "/data/glue")
+    assert compose().data.glue_dir == "/data/glue"
+    monkeypatch.delenv("GLUE_DIR")
+    assert compose().data.glue_dir is None
+
+
+def test_run_name_is_readable_and_unique_per_config():
+    a = compose("task=rte", "seed=3", "train.epochs=5")
+    b = compose("task=rte", "seed=3", "train.epochs=4")
+    name_a = run_name(a, ["task=rte", "seed=3", "train.epochs=5"])
+    assert name_a.startswith("rte/ce/minilm_l6/seed=3,train.epochs=5-")
+    assert config_hash(a) != config_hash(b)
+    # where the data lives and how many threads run do not change the result, nor the name
+    c = compose("task=rte", "seed=3", "train.epochs=5", "data.glue_dir=/x", "threads=1")
+    assert config_hash(a) == config_hash(c)
+    assert run_name(c, ["model.name_or_path=/a/b c"]).split("/")[3].startswith(
+        "seed=3,model.name_or_path=_a_b_c-")

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from cmift import data as data_mod
+from cmift.data import PadCollator, Split, eval_batches, load_tokenized, train_batches
+from cmift.models import build_tiny_tokenizer
+from cmift.tasks import TASKS, load_raw
+from conftest import compose
+
+
+@pytest.fixture()
+def tiny_tokenizer(fake_glue, tmp_path):
+    cfg = compose("model=tiny")
+    raw = load_raw(TASKS["mrpc"], fake_glue)
+    texts = [*raw["train"]["text_a"], *raw["train"]["text_b"]]
+    return build_tiny_tokenizer(cfg.model, texts, tmp_path, "fake")
+
+
+def test_tokenization_is_cached_and_reused(fake_glue, tiny_tokenizer, tmp_path, monkeypatch):
+    cfg = compose("model=tiny", f"data.glue_dir={fake_glue}", f"data.cache_dir={tmp_path}",
+                  "data.max_seq_length=32")
+    calls = []
+    real = data_mod.tokenize_splits
+    monkeypatch.setattr(data_mod, "tokenize_splits", lambda *a: calls.append(1) or real(*a))
+    first = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    second = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    assert calls == [1]  # the second load came from disk
+    assert first["train"]["input_ids"][:5] == second["train"]["input_ids"][:5]
+    assert max(len(x) for x in first["train"]["input_ids"]) <= 32
+    # a different max length is a different cache entry
+    cfg.data.max_seq_length = 16
+    load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    assert calls == [1, 1]
+
+
+def test_sample_limits_take_the_first_examples(fake_glue, tiny_tokenizer, tmp_path):
+    cfg = compose("model=tiny", f"data.glue_dir={fake_glue}", f"data.cache_dir={tmp_path}",
+                  "data.max_train_samples=10", "data.max_eval_samples=7")
+    ds = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    assert len(ds["train"]) == 10 and len(ds["validation"]) == 7
+    assert list(ds["train"]["idx"]) == list(range(10))
+
+
+def test_pair_encoding_has_segments(tiny_tokenizer):
+    enc = tiny_tokenizer("the court said", "the market")
+    assert enc["input_ids"][0] == tiny_tokenizer.cls_token_id
+    assert enc["input_ids"].count(tiny_tokenizer.sep_token_id) == 2
+    assert set(enc["token_type_ids"]) == {0, 1}
+
+
+def test_dynamic_padding_pads_to_longest_in_batch():
+    split = Split(input_ids=[np.array([5, 6, 7]), np.array([5]), np.array([5, 6])],
+                  token_type_ids=None, labels=np.array([1, 0, 1]), idx=np.arange(3))
+    batch = PadCollator(split, pad_id=0, regression=False)([1, 2])
+    assert batch["input_ids"].tolist() == [[5, 0], [5, 6]]
+    assert batch["attention_mask"].tolist() == [[1, 0], [1, 1]]
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0, 1]
+
+
+def test_batches_are_seeded_and_cover_every_example():
+    a = train_batches(10, 4, torch.Generator().manual_seed(1))
+    b = train_batches(10, 4, torch.Generator().manual_seed(1))
+    assert a == b and [len(x) for x in a] == [4, 4, 2]
+    assert sorted(sum(a, [])) == list(range(10))
+    split = Split(input_ids=[np.zeros(n) for n in (5, 1, 3)], token_type_ids=None,
+                  labels=np.zeros(3), idx=np.arange(3))
+    assert eval_batches(split, 2) == [[1, 2], [0]]

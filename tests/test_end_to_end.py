@@ -1,0 +1,78 @@
+"""A whole run of the tiny model on MRPC (the real files when present, else generated)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cmift.runs import claim_run_dir, release_run_dir
+from cmift.train import run
+from conftest import REPO, compose
+
+
+def _cmift(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_run_writes_metrics_manifest_predictions(glue_dir, tmp_path):
+    args = ["task=mrpc", "objective=ce", "model=tiny", "train.max_steps=20",
+            f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/outputs"]
+    proc = _cmift(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "outputs" / "mrpc" / "ce" / "tiny").iterdir())
+    assert run_dir.name.startswith("seed=42,train.max_steps=20-")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["schema_version"] == 1
+    assert (metrics["task"], metrics["model"], metrics["objective"], metrics["seed"]) == \
+        ("mrpc", "tiny", "ce", 42)
+    assert "train.max_steps=20" in metrics["overrides"]
+    for key in ("accuracy", "f1", "cmi", "gamma", "ncmi", "loss", "score"):
+        assert 0 <= metrics["final"][key] < 10, key
+    assert metrics["best"]["score"] >= metrics["final"]["score"]
+    assert metrics["steps"] == 20 and metrics["train_examples"] == 640
+    assert metrics["train_examples_per_second"] > 0 and metrics["train_seconds"] > 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["packages"]["torch"] and manifest["device"].startswith("cpu")
+    assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40
+    assert (run_dir / "config.yaml").read_text().count("name: tiny") == 1
+    assert "eval step 20" in (run_dir / "run.log").read_text()
+    preds = (run_dir / "predictions_validation.tsv").read_text().splitlines()
+    assert preds[0].split("\t")[:3] == ["index", "label", "prediction"]
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 21)) and "ce" in steps[0]
+
+    again = _cmift(*args, cwd=tmp_path)  # a finished run is not trained twice
+    assert again.returncode == 0 and "skipped" in again.stdout
+
+
+def test_same_seed_gives_identical_runs(glue_dir, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        cfg = compose("model=tiny", "train.max_steps=8", "train.eval_every=4",
+                      f"data.glue_dir={glue_dir}", "data.max_eval_samples=64")
+        (tmp_path / name).mkdir()
+        results.append(run(cfg, tmp_path / name))
+    assert [e["dev"] for e in results[0]["evals"]] == [e["dev"] for e in results[1]["evals"]]
+    assert len(results[0]["evals"]) == 2
+
+
+def test_bad_value_exits_2_with_one_line(tmp_path):
+    proc = _cmift("train.batch_size=0", f"output_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cmift: error: train.batch_size=0 is not allowed: an integer > 0"]
+
+
+def test_concurrent_runs_never_share_a_directory(tmp_path):
+    base = tmp_path / "run"
+    first = claim_run_dir(base)
+    # the same config started again while the first is alive gets its own directory
+    code = ("import sys; from pathlib import Path; from cmift.runs import claim_run_dir;"
+            f"print(claim_run_dir(Path({str(base)!r})))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert first == base and Path(other.stdout.strip()) == tmp_path / "run_2"
+    release_run_dir(first)
+    assert claim_run_dir(base) == base
