@@ -55,9 +55,40 @@ class TaskConfig:
     name: str = MISSING  # a key of cmift.tasks.TASKS
 
 
+class CMISpace(str, Enum):
+    feature = "feature"  # softmax over the (standardised) vector the classifier head reads
+    output = "output"  # the model's predicted class distribution
+
+
+class CentroidUpdate(str, Enum):
+    ema = "ema"  # after each optimiser step, from the batch's classes
+    epoch = "epoch"  # a full no-grad pass at the start of every epoch
+    fixed = "fixed"  # computed once at init
+
+
+class FeatureNorm(str, Enum):
+    standardize = "standardize"  # (h - mean(h)) / std(h) over each example's d dimensions
+    none = "none"
+
+
+@dataclass
+class CMIConfig:
+    """How the CMI terms look at the model (METHOD.md)."""
+
+    space: CMISpace = CMISpace.feature
+    feature_temperature: float = 1.0
+    feature_norm: FeatureNorm = FeatureNorm.standardize
+    centroid_update: CentroidUpdate = CentroidUpdate.ema
+    momentum: float = 0.99
+    init_samples: Optional[int] = None  # examples in the init pass; null = the whole train set
+
+
 @dataclass
 class ObjectiveConfig:
     name: str = MISSING  # a registered objective (cmift/objectives/)
+    lam: float = 0.0  # weight of the CMI term
+    beta: float = 0.0  # weight of the separation term Gamma (CMIC-DL)
+    cmi: CMIConfig = field(default_factory=CMIConfig)
 
 
 @dataclass
@@ -108,6 +139,10 @@ class Config:
     rerun: bool = False  # run again even when the run directory already holds an ok run
 
 
+# Objectives whose loss has CMI terms: they need class labels, so not on regression tasks.
+CMI_OBJECTIVES = ("min_cmi", "cmic", "max_cmi")
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="cmift_schema", node=Config)
 
@@ -148,6 +183,18 @@ def validate(cfg: DictConfig) -> None:
         _require(v is None or v > 0, f"data.{key}", v, "null or an integer > 0")
     _require(cfg.threads is None or cfg.threads > 0, "threads", cfg.threads,
              "null or an integer > 0")
+    o = cfg.objective
+    _require(o.lam >= 0, "objective.lam", o.lam, "a float >= 0")
+    _require(o.beta >= 0, "objective.beta", o.beta, "a float >= 0")
+    _require(0 <= o.cmi.momentum < 1, "objective.cmi.momentum", o.cmi.momentum, "0 <= value < 1")
+    _require(o.cmi.feature_temperature > 0, "objective.cmi.feature_temperature",
+             o.cmi.feature_temperature, "a float > 0")
+    _require(o.cmi.init_samples is None or o.cmi.init_samples > 0, "objective.cmi.init_samples",
+             o.cmi.init_samples, "null (the whole train set) or an integer > 0")
+    if o.name in CMI_OBJECTIVES:
+        _require(not TASKS[cfg.task.name].is_regression, "objective", o.name,
+                 f"a classification objective; task {cfg.task.name} is regression (use "
+                 "objective=ce)")
 
 
 # ----- run directory naming ----------------------------------------------------------------

@@ -166,7 +166,7 @@ def train_batches(n: int, batch_size: int, generator: torch.Generator) -> list[l
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def eval_batches(split: Split, batch_size: int) -> list[list[int]]:
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     """Batches of similar length (sorted), so evaluation pads little; order restored later."""
-    order = np.argsort(split.lengths, kind="stable").tolist()
+    order = np.argsort(lengths, kind="stable").tolist()
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -10,14 +10,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from cmift.data import PadCollator, Split, eval_batches, train_batches
 from cmift.metrics import cmi_diagnostics, task_metrics
-from cmift.objectives import Outputs
+from cmift.models import FeatureTap
+from cmift.objectives import Objective, Outputs
 from cmift.tasks import GlueTask, split_suffix
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,21 @@ def model_kwargs(model) -> tuple[str, ...]:
     return tuple(k for k in MODEL_INPUTS if k in params)
 
 
+class Forward:
+    """model(batch) -> Outputs: picks the inputs the model takes, runs under the device's
+    autocast, and adds the head's feature vector when the objective asks for it."""
+
+    def __init__(self, model, device: Device, features: bool):
+        self.model, self.device = model, device
+        self.inputs = model_kwargs(model)
+        self.tap = FeatureTap(model) if features else None
+
+    def __call__(self, batch: dict) -> Outputs:
+        with self.device.autocast():
+            logits = self.model(**{k: batch[k] for k in self.inputs if k in batch}).logits
+        return Outputs(logits=logits, features=self.tap.value if self.tap else None)
+
+
 # ----- optimiser --------------------------------------------------------------------------------
 def make_optimizer(model, t, device: Device) -> torch.optim.Optimizer:
     """AdamW; biases and LayerNorm weights (1-d parameters) are not decayed, as in HF Trainer."""
@@ -92,29 +108,39 @@ class EvalResult:
     predictions: dict = field(default_factory=dict)  # split -> (idx, labels, preds, probs)
 
 
-@torch.inference_mode()
-def predict(model, split: Split, collator: PadCollator, batch_size: int, device: Device,
-            inputs: tuple[str, ...]) -> np.ndarray:
-    """Logits for every example of `split`, in the split's order (batches are length-sorted)."""
+def no_grad_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
+                   limit: Optional[int] = None) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
+    """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
+    without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
+    these passes never change a run's random stream."""
+    model = forward.model
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            for indices in eval_batches(split.lengths[:limit], batch_size):
+                batch = to_device(collator(indices), forward.device.device)
+                yield forward(batch), batch["labels"], indices
+    finally:
+        model.train(was_training)
+
+
+def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int) -> np.ndarray:
+    """Logits for every example of `split`, in the split's order."""
     out = None
-    for indices in eval_batches(split, batch_size):
-        batch = to_device(collator(indices), device.device)
-        with device.autocast():
-            logits = model(**{k: batch[k] for k in inputs if k in batch}).logits.float()
+    for outputs, _, indices in no_grad_passes(forward, split, collator, batch_size):
+        logits = outputs.logits.float()
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits.cpu().numpy()
-    model.train(was_training)
     return out
 
 
-def evaluate(model, task: GlueTask, splits: dict[str, Split], collators: dict, batch_size: int,
-             device: Device, inputs: tuple[str, ...]) -> EvalResult:
+def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collators: dict,
+             batch_size: int) -> EvalResult:
     result = EvalResult(metrics={})
     for name, split in splits.items():
-        logits = predict(model, split, collators[name], batch_size, device, inputs)
+        logits = predict(forward, split, collators[name], batch_size)
         labels = split.labels
         sfx = split_suffix(task, name)
         if task.is_regression:
@@ -181,8 +207,8 @@ class StepLog:
         return means
 
 
-def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], pad_id: int,
-        cfg, device: Device, run_dir: Path, on_eval: Callable[[dict], None]) -> FitResult:
+def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
+        pad_id: int, cfg, device: Device, run_dir: Path, on_eval: Callable[[dict], None]) -> FitResult:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -192,7 +218,9 @@ def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], p
     )
 
     t = cfg.train
-    inputs = model_kwargs(model)
+    model.to(device.device)
+    model.train()
+    forward = Forward(model, device, features=objective.needs_features)
     train_collate = PadCollator(train, pad_id, task.is_regression)
     dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
     per_epoch, total = plan_steps(len(train), t)
@@ -210,15 +238,21 @@ def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], p
 
     def run_eval() -> None:
         nonlocal last
-        last = evaluate(model, task, dev, dev_collate, t.eval_batch_size, device, inputs)
+        last = evaluate(forward, task, dev, dev_collate, t.eval_batch_size)
         record = {"step": step, "epoch": round(step / per_epoch, 4), "dev": last.metrics}
         evals.append(record)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in last.metrics.items())
         log.info("eval step %d (epoch %.2f): %s", step, step / per_epoch, shown)
         on_eval(record)
 
-    model.to(device.device)
-    model.train()
+    def train_passes(limit: Optional[int]):
+        for outputs, labels, _ in no_grad_passes(forward, train, train_collate, t.eval_batch_size,
+                                                 limit):
+            yield outputs, labels
+
+    setup_start = time.perf_counter()
+    objective.setup(train_passes)
+    train_seconds += time.perf_counter() - setup_start
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"),
                         TextColumn("{task.fields[eps]} ex/s"),
@@ -233,11 +267,10 @@ def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], p
             loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=train_collate,
                                                  pin_memory=device.device.type == "cuda")
             epoch_start = time.perf_counter()
+            objective.on_epoch_start(epoch, train_passes)
             for i, cpu_batch in enumerate(loader):
                 batch = to_device(cpu_batch, device.device)
-                with device.autocast():
-                    logits = model(**{k: batch[k] for k in inputs if k in batch}).logits
-                terms = objective(Outputs(logits=logits), batch)
+                terms = objective(forward(batch), batch)
                 loss = terms["loss"] / t.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 examples += len(cpu_batch["labels"])
@@ -256,6 +289,7 @@ def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], p
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                objective.after_step()
                 step += 1
                 steps_log.add(step, epoch, terms, lr)
                 if step % t.log_every == 0 or step == total:
@@ -274,10 +308,11 @@ def fit(model, objective, task: GlueTask, train: Split, dev: dict[str, Split], p
                     train_seconds += time.perf_counter() - epoch_start
                     run_eval()
                     epoch_start = interval_start = time.perf_counter()
+                    interval_examples = 0
             train_seconds += time.perf_counter() - epoch_start
             steps_log.flush()
             if step >= total or not t.eval_every:
                 run_eval()
-                interval_start = time.perf_counter()
+                interval_start, interval_examples = time.perf_counter(), 0
     return FitResult(evals=evals, last=last, steps=step, epochs_done=step / per_epoch,
                      train_seconds=train_seconds, train_examples=examples)

@@ -113,3 +113,34 @@ def load_model(model_cfg, num_labels: int, regression: bool, vocab_size: int):
 def max_positions(model) -> int:
     cfg = model.config
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512))
+
+
+class FeatureTap:
+    """Captures the feature vector the classifier head reads, with a forward hook, so any HF
+    sequence classifier can feed feature-space CMI without a custom forward.
+
+    BERT: the pooled [CLS] output (before the head's dropout); DistilBERT: pre_classifier +
+    ReLU; otherwise the classifier's input (its first position when it is a sequence)."""
+
+    def __init__(self, model):
+        import torch
+
+        self.value = None
+        if hasattr(model, "bert") and getattr(model.bert, "pooler", None) is not None:
+            self.handle = model.bert.pooler.register_forward_hook(self._keep)
+        elif hasattr(model, "pre_classifier"):
+            self.handle = model.pre_classifier.register_forward_hook(
+                lambda m, i, o: self._keep(m, i, torch.relu(o)))
+        elif hasattr(model, "classifier"):
+            self.handle = model.classifier.register_forward_pre_hook(
+                lambda m, i: self._keep(m, i, i[0] if i[0].ndim == 2 else i[0][:, 0]))
+        else:
+            raise ConfigError(f"objective.cmi.space='feature' is not allowed for "
+                              f"{type(model).__name__}: no classifier head found; use "
+                              "objective.cmi.space=output")
+
+    def _keep(self, module, inputs, output) -> None:
+        self.value = output
+
+    def remove(self) -> None:
+        self.handle.remove()

@@ -65,4 +65,4 @@ def test_batches_are_seeded_and_cover_every_example():
     assert sorted(sum(a, [])) == list(range(10))
     split = Split(input_ids=[np.zeros(n) for n in (5, 1, 3)], token_type_ids=None,
                   labels=np.zeros(3), idx=np.arange(3))
-    assert eval_batches(split, 2) == [[1, 2], [0]]
+    assert eval_batches(split.lengths, 2) == [[1, 2], [0]]

@@ -1,8 +1,8 @@
 """Training objectives: one small file per family, each registering its names here.
 
 An objective maps (model outputs, batch) to a dict of named loss terms in fp32; the loop
-optimises terms["loss"] and logs every term. Adding one touches one file here and one YAML
-in conf/objective/.
+optimises terms["loss"] and logs every term. Objectives with state (CMI's class centroids)
+use the hooks of `Objective`. Adding one touches one file here and one YAML in conf/objective/.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -25,6 +25,35 @@ class Outputs:
     features: Optional[torch.Tensor] = None
 
 
+# `passes(limit)` yields (Outputs, labels) for the first `limit` training examples (all when
+# None), in eval mode without gradients: what an objective's state is initialised from.
+Passes = Callable[[Optional[int]], Iterable[tuple[Outputs, torch.Tensor]]]
+
+
+class Objective:
+    """Base class: the hooks the loop calls, all no-ops for a stateless objective."""
+
+    needs_features = False  # the loop captures Outputs.features only when asked
+
+    def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def setup(self, passes: Passes) -> None:
+        """Before the first step."""
+
+    def on_epoch_start(self, epoch: int, passes: Passes) -> None:
+        """At the start of every epoch (1-based)."""
+
+    def after_step(self) -> None:
+        """After every optimiser step."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+
+
 def register(name: str):
     def add(factory):
         OBJECTIVES[name] = factory
@@ -33,7 +62,7 @@ def register(name: str):
     return add
 
 
-def build(objective_cfg, task):
+def build(objective_cfg, task) -> Objective:
     """The objective named by `objective.name`, built from its config and the task."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")

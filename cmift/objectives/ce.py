@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmift.objectives import Outputs, register
+from cmift.objectives import Objective, Outputs, register
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -17,9 +17,7 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 @register("ce")
-class CrossEntropy:
-    needs_features = False
-
+class CrossEntropy(Objective):
     def __init__(self, cfg, task):
         self.regression = task.is_regression
 

@@ -1,0 +1,121 @@
+"""`min_cmi`, `cmic` and `max_cmi`: cross-entropy plus conditional-mutual-information terms.
+
+  min_cmi / cmic:  CE + lam * CMI_B - beta * Gamma_B      (arXiv 2502.11258, 2309.09123)
+  max_cmi:         CE - lam * CMI_B - beta * Gamma_B      (MCMI, arXiv 2401.08732)
+
+CMI_B = mean_i KL(r_i || Q_{y_i}) and Gamma_B = mean_i mean_{c != y_i} CE(r_i, Q_c), with r_i the
+distribution chosen by `cmi.space` and Q the class centroids (cmift/centroids.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cmift.centroids import Centroids
+from cmift.objectives import Objective, Outputs, Passes, register
+from cmift.objectives.ce import task_loss
+
+EPS = 1e-8  # probabilities are clamped here before any log
+
+
+def log_clamped(p: torch.Tensor) -> torch.Tensor:
+    return torch.log(p.clamp_min(EPS))
+
+
+def distribution(out: Outputs, space: str, temperature: float, norm: str) -> torch.Tensor:
+    """r_i: the predicted class distribution, or a softmax over the head's feature vector."""
+    if space == "output":
+        return torch.softmax(out.logits.float(), dim=-1)
+    h = out.features.float()
+    if norm == "standardize":  # makes the temperature mean the same for every backbone
+        h = (h - h.mean(-1, keepdim=True)) / (h.std(-1, unbiased=False, keepdim=True) + 1e-6)
+    return torch.softmax(h / temperature, dim=-1)
+
+
+def batch_cmi(r: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """CMI_B = (1/B) sum_i KL(r_i || Q_{y_i})."""
+    return (r * (log_clamped(r) - log_clamped(q)[y])).sum(-1).mean()
+
+
+def batch_gamma(r: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Gamma_B = (1/B) sum_i 1/(C-1) sum_{c != y_i} -sum_k r_i(k) ln Q_c(k)."""
+    n_classes = q.shape[0]
+    cross = -(r @ log_clamped(q).T)  # (B, C): cross entropy of r_i against every centroid
+    others = 1.0 - F.one_hot(y, n_classes).to(cross.dtype)
+    return ((cross * others).sum(-1) / (n_classes - 1)).mean()
+
+
+def _value(option) -> str:
+    """An enum option from the structured config (or a plain string) as its string value."""
+    return str(getattr(option, "value", option))
+
+
+class CMIObjective(Objective):
+    sign = 1.0  # +1: minimise CMI; -1: maximise it
+
+    def __init__(self, cfg, task):
+        c = cfg.cmi
+        self.lam, self.beta = float(cfg.lam), float(cfg.beta)
+        self.space, self.norm = _value(c.space), _value(c.feature_norm)
+        self.temperature = float(c.feature_temperature)
+        self.update = _value(c.centroid_update)
+        self.momentum, self.init_samples = float(c.momentum), c.init_samples
+        self.n_classes = task.num_labels
+        self.needs_features = self.space == "feature"
+        self.centroids: Centroids | None = None
+        self._since_step: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def r(self, out: Outputs) -> torch.Tensor:
+        return distribution(out, self.space, self.temperature, self.norm)
+
+    def _fit(self, passes: Passes, limit) -> None:
+        pairs = [(self.r(out), y) for out, y in passes(limit)]
+        if self.centroids is None:  # K is known once the model has produced an r
+            self.centroids = Centroids(self.n_classes, pairs[0][0].shape[-1], self.momentum,
+                                       device=pairs[0][0].device)
+        self.centroids.fit(pairs)
+
+    def setup(self, passes: Passes) -> None:
+        self._fit(passes, self.init_samples)
+
+    def on_epoch_start(self, epoch: int, passes: Passes) -> None:
+        if self.update == "epoch" and epoch > 1:  # epoch 1 starts from the init pass
+            self._fit(passes, None)
+
+    def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:
+        y = batch["labels"]
+        ce = task_loss(out.logits, y, regression=False)
+        r = self.r(out)
+        q = self.centroids.q
+        cmi, gamma = batch_cmi(r, y, q), batch_gamma(r, y, q)
+        if self.update == "ema":
+            self._since_step.append((r.detach(), y))
+        loss = ce + self.sign * self.lam * cmi - self.beta * gamma
+        return {"ce": ce, "cmi": cmi, "gamma": gamma, "loss": loss}
+
+    def after_step(self) -> None:
+        if self._since_step:
+            r, y = (torch.cat(t) for t in zip(*self._since_step))
+            self.centroids.ema(r, y)
+            self._since_step.clear()
+
+    def state_dict(self) -> dict:
+        return {"centroids": self.centroids.state_dict()} if self.centroids else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "centroids" in state:
+            q = state["centroids"]["q"]
+            self.centroids = Centroids(q.shape[0], q.shape[1], self.momentum)
+            self.centroids.load_state_dict(state["centroids"])
+
+
+@register("min_cmi")
+@register("cmic")
+class MinCMI(CMIObjective):
+    sign = 1.0
+
+
+@register("max_cmi")
+class MaxCMI(CMIObjective):
+    sign = -1.0
