@@ -89,11 +89,21 @@ class ObjectiveConfig:
     lam: float = 0.0  # weight of the CMI term
     beta: float = 0.0  # weight of the separation term Gamma (CMIC-DL)
     cmi: CMIConfig = field(default_factory=CMIConfig)
+    # Distillation objectives: the objective the teacher is trained with (ce | max_cmi).
+    teacher: Optional[str] = None
 
 
 @dataclass
 class DistillationConfig:
-    name: str = "none"
+    name: str = "none"  # none | kd | ttm | wttm
+    temperature: float = 2.0  # kd: T
+    alpha: float = 0.5  # kd: weight of the distillation term
+    gamma: float = 0.5  # ttm / wttm: the power applied to the teacher's probabilities
+    beta: float = 2.0  # ttm / wttm: weight of the distillation term
+    # The student: a model config name (conf/model/, e.g. distilbert), or null for a student
+    # made from the teacher backbone's pretrained weights by keeping `student_layers`.
+    student: Optional[str] = None
+    student_layers: Optional[list[int]] = None  # null = every other layer (DistilBERT's recipe)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def _train(cfg, task, device, run_dir: Path, record: dict) -> None:
     if cfg.data.max_seq_length > limit:
         raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
                           f"model {cfg.model.name} takes at most {limit} positions")
-    objective = build_objective(cfg.objective, task)
+    objective = build_objective(cfg, task)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s (%.1fM parameters), task %s: %d train, %s dev", cfg.model.name,
              n_params / 1e6, task.name, len(train), {k: len(v) for k, v in dev.items()})

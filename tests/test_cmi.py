@@ -91,10 +91,10 @@ def test_centroid_ema_golden_and_missing_class_unchanged():
 
 def test_centroids_state_round_trip():
     cfg = compose("objective=min_cmi")
-    obj = build(cfg.objective, TASKS["mrpc"])
+    obj = build(cfg, TASKS["mrpc"])
     obj.centroids = Centroids(2, 5, 0.99)
     obj.centroids.q = t(Q[:2])
-    other = build(cfg.objective, TASKS["mrpc"])
+    other = build(cfg, TASKS["mrpc"])
     other.load_state_dict(copy.deepcopy(obj.state_dict()))
     assert torch.equal(other.centroids.q, obj.centroids.q)
 
@@ -157,10 +157,9 @@ def _one_step_cmi(objective_name, lam):
     def passes(limit):
         return [(outputs(), batch["labels"])]
 
-    obj = build(cfg.objective, TASKS["mrpc"])
+    obj = build(cfg, TASKS["mrpc"])
     obj.setup(passes)
-    probe = build(compose("objective=min_cmi", "objective.cmi.space=output").objective,
-                  TASKS["mrpc"])
+    probe = build(compose("objective=min_cmi", "objective.cmi.space=output"), TASKS["mrpc"])
     probe.setup(passes)  # the centroids every step is measured against
     q = probe.centroids.q.clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -76,3 +76,23 @@ def test_concurrent_runs_never_share_a_directory(tmp_path):
     assert first == base and Path(other.stdout.strip()) == tmp_path / "run_2"
     release_run_dir(first)
     assert claim_run_dir(base) == base
+
+
+def test_stsb_regression_run(tmp_path):
+    from conftest import REAL_GLUE
+
+    if not (REAL_GLUE / "STS-B" / "train.tsv").is_file():
+        pytest.skip("real STS-B not present")
+    cfg = compose("task=stsb", "model=tiny", "train.max_steps=10", f"data.glue_dir={REAL_GLUE}",
+                  "data.max_train_samples=400", "data.max_eval_samples=200")
+    out = run(cfg, tmp_path)
+    assert out["status"] == "ok"
+    assert {"pearson", "spearmanr", "loss", "score"} <= set(out["final"])
+    assert "cmi" not in out["final"]  # no classes, no CMI diagnostics
+
+
+def test_grad_accum_counts_optimiser_steps(glue_dir, tmp_path):
+    cfg = compose("model=tiny", "train.max_steps=3", "train.batch_size=4", "train.grad_accum=3",
+                  f"data.glue_dir={glue_dir}", "data.max_eval_samples=16")
+    out = run(cfg, tmp_path)
+    assert out["steps"] == 3 and out["train_examples"] == 36

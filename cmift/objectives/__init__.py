@@ -62,8 +62,9 @@ def register(name: str):
     return add
 
 
-def build(objective_cfg, task) -> Objective:
-    """The objective named by `objective.name`, built from its config and the task."""
+def build(cfg, task, **context) -> Objective:
+    """The objective named by `objective.name`, from the run's config, the task and what the
+    run prepared for it (`teacher_logits` for distillation)."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
-    return OBJECTIVES[objective_cfg.name](objective_cfg, task)
+    return OBJECTIVES[cfg.objective.name](cfg, task, **context)

@@ -18,7 +18,7 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 @register("ce")
 class CrossEntropy(Objective):
-    def __init__(self, cfg, task):
+    def __init__(self, cfg, task, **_):
         self.regression = task.is_regression
 
     def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:

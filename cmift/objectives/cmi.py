@@ -54,9 +54,10 @@ def _value(option) -> str:
 class CMIObjective(Objective):
     sign = 1.0  # +1: minimise CMI; -1: maximise it
 
-    def __init__(self, cfg, task):
-        c = cfg.cmi
-        self.lam, self.beta = float(cfg.lam), float(cfg.beta)
+    def __init__(self, cfg, task, **_):
+        o = cfg.objective
+        c = o.cmi
+        self.lam, self.beta = float(o.lam), float(o.beta)
         self.space, self.norm = _value(c.space), _value(c.feature_norm)
         self.temperature = float(c.feature_temperature)
         self.update = _value(c.centroid_update)
