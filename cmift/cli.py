@@ -12,9 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cmift.config import ConfigError, register_configs, register_resolvers
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from cmift.config import CONF_DIR, ConfigError, register_configs, register_resolvers
 
 register_configs()
 register_resolvers()

@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -151,6 +152,21 @@ class Config:
 
 # Objectives whose loss has CMI terms: they need class labels, so not on regression tasks.
 CMI_OBJECTIVES = ("min_cmi", "cmic", "max_cmi")
+TEACHER_OBJECTIVES = ("ce", "max_cmi")
+DISTILLATION_LOSSES = ("kd", "ttm", "wttm")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def model_options() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def load_model_config(name: str) -> DictConfig:
+    """conf/model/<name>.yaml checked against the ModelConfig schema (for distillation.student)."""
+    _require(name in model_options(), "distillation.student", name,
+             f"null (layers of the teacher) or one of {model_options()}")
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(
+        CONF_DIR / "model" / f"{name}.yaml"))
 
 
 def register_configs() -> None:
@@ -201,10 +217,24 @@ def validate(cfg: DictConfig) -> None:
              o.cmi.feature_temperature, "a float > 0")
     _require(o.cmi.init_samples is None or o.cmi.init_samples > 0, "objective.cmi.init_samples",
              o.cmi.init_samples, "null (the whole train set) or an integer > 0")
-    if o.name in CMI_OBJECTIVES:
-        _require(not TASKS[cfg.task.name].is_regression, "objective", o.name,
+    regression = TASKS[cfg.task.name].is_regression
+    if o.name in CMI_OBJECTIVES or o.teacher:
+        _require(not regression, "objective", o.name,
                  f"a classification objective; task {cfg.task.name} is regression (use "
                  "objective=ce)")
+    d = cfg.distillation
+    if o.teacher:
+        _require(o.teacher in TEACHER_OBJECTIVES, "objective.teacher", o.teacher,
+                 f"one of {list(TEACHER_OBJECTIVES)}")
+        _require(d.name in DISTILLATION_LOSSES, "distillation", d.name,
+                 f"one of {list(DISTILLATION_LOSSES)} with objective={o.name}")
+    else:
+        _require(d.name == "none", "distillation", d.name,
+                 f"none with objective={o.name} (use objective=kd or max_cmi_kd to distil)")
+    _require(d.temperature > 0, "distillation.temperature", d.temperature, "a float > 0")
+    _require(0 <= d.alpha <= 1, "distillation.alpha", d.alpha, "0 <= value <= 1")
+    _require(d.gamma > 0, "distillation.gamma", d.gamma, "a float > 0")
+    _require(d.beta >= 0, "distillation.beta", d.beta, "a float >= 0")
 
 
 # ----- run directory naming ----------------------------------------------------------------

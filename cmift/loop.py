@@ -171,6 +171,8 @@ class FitResult:
     epochs_done: float
     train_seconds: float
     train_examples: int
+    forward: "Forward"  # the trained model behind the forward used in training
+    pad_id: int
 
 
 def plan_steps(n_train: int, t) -> tuple[int, int]:
@@ -208,7 +210,8 @@ class StepLog:
 
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
-        pad_id: int, cfg, device: Device, run_dir: Path, on_eval: Callable[[dict], None]) -> FitResult:
+        pad_id: int, cfg, device: Device, run_dir: Path,
+        on_eval: Callable[[dict], None]) -> FitResult:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -315,4 +318,5 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                 run_eval()
                 interval_start, interval_examples = time.perf_counter(), 0
     return FitResult(evals=evals, last=last, steps=step, epochs_done=step / per_epoch,
-                     train_seconds=train_seconds, train_examples=examples)
+                     train_seconds=train_seconds, train_examples=examples, forward=forward,
+                     pad_id=pad_id)

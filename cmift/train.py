@@ -12,10 +12,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmift.config import ConfigError, config_hash, validate
+from cmift.config import ConfigError, config_hash, load_model_config, validate
 from cmift.data import Split, load_tokenized
 from cmift.loop import fit, pick_device
-from cmift.models import build_tiny_tokenizer, is_tiny, load_model, load_tokenizer, max_positions
+from cmift.models import (
+    build_tiny_tokenizer,
+    is_tiny,
+    keep_layers,
+    load_model,
+    load_tokenizer,
+    max_positions,
+)
 from cmift.objectives import build as build_objective
 from cmift.runs import (
     MANIFEST_FILE,
@@ -26,6 +33,7 @@ from cmift.runs import (
     write_json,
 )
 from cmift.tasks import TASKS, load_raw, source_fingerprint
+from cmift.teacher import Teacher, ensure_teacher, save_logits
 
 log = logging.getLogger("cmift")
 
@@ -47,27 +55,31 @@ def write_predictions(run_dir: Path, task, predictions: dict) -> None:
         tmp.replace(run_dir / f"predictions_{split}.tsv")
 
 
-def prepare_data(cfg: DictConfig, task):
-    """(tokenizer, train Split, {dev split name: Split}); tokenization comes from the cache."""
+def prepare_data(cfg: DictConfig, model_cfg, task):
+    """(tokenizer, train Split, {dev split name: Split}) for `model_cfg`'s tokenizer; the
+    tokenization comes from the on-disk cache after the first run."""
     cache_dir = Path(cfg.data.cache_dir).expanduser()
     raw = None
-    if is_tiny(cfg.model):
+    if is_tiny(model_cfg):
         raw = load_raw(task, cfg.data.glue_dir)
         columns = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
         texts = [text for c in columns for text in raw["train"][c]]
         key = hashlib.sha256(json.dumps(source_fingerprint(task, cfg.data.glue_dir)).encode())
         key = f"{task.name}-{key.hexdigest()[:12]}"
-        tokenizer = build_tiny_tokenizer(cfg.model, texts, cache_dir, key)
+        tokenizer = build_tiny_tokenizer(model_cfg, texts, cache_dir, key)
     else:
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(model_cfg)
     tokenized = load_tokenized(task, cfg.data, tokenizer, raw)
     train = Split.from_dataset(tokenized["train"])
     dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
     return tokenizer, train, dev
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one configuration in `run_dir`; returns the metrics record."""
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
+        after_fit=None) -> dict:
+    """Train and evaluate one configuration in `run_dir`; returns the metrics record.
+    `after_fit(fit_result, train_split)` runs before the run is marked ok (the teacher stage
+    uses it to store training-set logits)."""
     validate(cfg)
     task = TASKS[cfg.task.name]
     setup_logging(run_dir)
@@ -80,13 +92,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "schema_version": SCHEMA_VERSION, "status": "running", "task": task.name,
         "model": cfg.model.name, "objective": cfg.objective.name,
         "distillation": cfg.distillation.name, "seed": cfg.seed,
-        "overrides": _overrides(), "config_hash": config_hash(cfg), "run_dir": str(run_dir),
+        "overrides": _overrides() if overrides is None else overrides,
+        "config_hash": config_hash(cfg), "run_dir": str(run_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "evals": [],
     }
     write_json(run_dir / METRICS_FILE, record)
     log.info("run %s on %s", run_dir, device.describe())
     try:
-        _train(cfg, task, device, run_dir, record)
+        _train(cfg, task, device, run_dir, record, after_fit)
     except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_json(run_dir / METRICS_FILE, record)
@@ -96,22 +109,63 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return record
 
 
-def _train(cfg, task, device, run_dir: Path, record: dict) -> None:
+def _train_teacher(tcfg: DictConfig, folder: Path) -> None:
+    """Teacher stage: an ordinary run of the teacher config, plus its training-set logits."""
+    from cmift.data import PadCollator
+    from cmift.loop import predict
+
+    def store_logits(result, train: Split) -> None:
+        collate = PadCollator(train, result.pad_id, regression=False)
+        logits = predict(result.forward, train, collate, tcfg.train.eval_batch_size)
+        save_logits(folder, logits)
+
+    run(tcfg, folder, overrides=[], after_fit=store_logits)
+
+
+def _student(cfg, task, teacher: Teacher, vocab_size: int):
+    """(student model, its name): a named model config, or layers of the teacher backbone."""
+    if cfg.distillation.student:
+        student_cfg = load_model_config(cfg.distillation.student)
+        return load_model(student_cfg, task.num_labels, False, vocab_size), student_cfg.name
+    backbone = load_model(cfg.model, task.num_labels, False, vocab_size)
+    student, layers = keep_layers(backbone, cfg.distillation.student_layers)
+    return student, f"{cfg.model.name}-L{''.join(map(str, layers))}"
+
+
+def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    context, teacher = {}, None
+    if cfg.objective.teacher:
+        teacher = ensure_teacher(cfg, _train_teacher)
+        setup_logging(run_dir)  # the teacher stage logged into its own run directory
+        log.info("teacher %s %s: %s", teacher.key, "reused" if teacher.reused else "trained",
+                 teacher.run_dir)
+        record["teacher"] = teacher.summary()
+        context["teacher_logits"] = torch.from_numpy(teacher.train_logits)
+        write_json(run_dir / METRICS_FILE, record)
+    model_cfg = (load_model_config(cfg.distillation.student)
+                 if teacher and cfg.distillation.student else cfg.model)
+    tokenizer, train, dev = prepare_data(cfg, model_cfg, task)
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
-    tokenizer, train, dev = prepare_data(cfg, task)
-    transformers.set_seed(cfg.seed)
-    model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
+    if teacher:
+        model, record["student"] = _student(cfg, task, teacher, len(tokenizer))
+        if len(teacher.train_logits) != len(train):
+            raise ConfigError(f"teacher {teacher.key} has logits for {len(teacher.train_logits)} "
+                              f"training examples, the student sees {len(train)}")
+    else:
+        model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
     limit = max_positions(model)
     if cfg.data.max_seq_length > limit:
         raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
-                          f"model {cfg.model.name} takes at most {limit} positions")
-    objective = build_objective(cfg, task)
+                          f"model {model_cfg.name} takes at most {limit} positions")
+    objective = build_objective(cfg, task, **context)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s (%.1fM parameters), task %s: %d train, %s dev", cfg.model.name,
-             n_params / 1e6, task.name, len(train), {k: len(v) for k, v in dev.items()})
+    log.info("model %s (%.1fM parameters), task %s: %d train, %s dev",
+             record.get("student", cfg.model.name), n_params / 1e6, task.name, len(train),
+             {k: len(v) for k, v in dev.items()})
 
     def on_eval(entry: dict) -> None:
         record["evals"].append(entry)
@@ -119,6 +173,8 @@ def _train(cfg, task, device, run_dir: Path, record: dict) -> None:
 
     result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
                  on_eval)
+    if after_fit is not None:
+        after_fit(result, train)
     best = max(result.evals, key=lambda e: e["dev"]["score"])
     record.update(
         status="ok",
