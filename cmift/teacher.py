@@ -83,7 +83,7 @@ def ensure_teacher(cfg: DictConfig, train_fn) -> Teacher:
     folder = teacher_dir(cfg, key)
     folder.mkdir(parents=True, exist_ok=True)
     reused = True
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+    with open(folder / "teacher.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel student waits here for the teacher
         if not _ready(folder):
             reused = False

@@ -1,0 +1,140 @@
+"""Distillation: golden values for kd / ttm / wttm against NumPy, students from teacher layers,
+and the teacher stage trained once and reused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cmift.config import ConfigError, validate
+from cmift.models import keep_layers, load_model
+from cmift.objectives.distill import kd_terms, ttm_terms, wttm_terms, wttm_weights
+from cmift.train import run
+from conftest import compose
+
+RNG = np.random.default_rng(7)
+Z = RNG.normal(0, 2, (6, 3))  # student logits
+V = RNG.normal(0, 3, (6, 3))  # teacher logits
+Y = np.array([0, 2, 1, 1, 0, 2])
+
+
+def softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def np_ce(z, y):
+    return float(np.mean(-np.log(softmax(z)[np.arange(len(y)), y])))
+
+
+def np_kl_rows(p, q):
+    return np.sum(p * (np.log(np.clip(p, 1e-8, None)) - np.log(q)), axis=1)
+
+
+def t(a, dtype=torch.float32):
+    return torch.tensor(a, dtype=dtype)
+
+
+def test_kd_golden():
+    T, alpha = 2.0, 0.3
+    want = (1 - alpha) * np_ce(Z, Y) + alpha * T * T * np.mean(
+        np_kl_rows(softmax(V / T), softmax(Z / T)))
+    got = kd_terms(t(Z), t(V), t(Y, torch.long), T, alpha)["loss"].item()
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_ttm_golden():
+    gamma, beta = 0.5, 2.0
+    p = softmax(V)
+    phat = p ** gamma / np.sum(p ** gamma, axis=1, keepdims=True)
+    want = np_ce(Z, Y) + beta * np.mean(np_kl_rows(phat, softmax(Z)))
+    got = ttm_terms(t(Z), t(V), t(Y, torch.long), gamma, beta)["loss"].item()
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_wttm_golden_and_weights_are_power_sums():
+    gamma, beta = 0.5, 1.6
+    p = softmax(V)
+    u = np.sum(p ** gamma, axis=1)
+    np.testing.assert_allclose(wttm_weights(t(V), gamma).numpy(), u, rtol=1e-6)
+    phat = p ** gamma / u[:, None]
+    want = np_ce(Z, Y) + beta * np.mean(u * np_kl_rows(phat, softmax(Z)))
+    got = wttm_terms(t(Z), t(V), t(Y, torch.long), gamma, beta)["loss"].item()
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_ttm_with_gamma_one_is_ce_plus_kl_to_the_teacher():
+    beta = 0.7
+    want = np_ce(Z, Y) + beta * np.mean(np_kl_rows(softmax(V), softmax(Z)))
+    got = ttm_terms(t(Z), t(V), t(Y, torch.long), 1.0, beta)["loss"].item()
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_kd_with_alpha_zero_is_ce():
+    terms = kd_terms(t(Z), t(V), t(Y, torch.long), 4.0, 0.0)
+    assert terms["loss"].item() == terms["ce"].item() == pytest.approx(np_ce(Z, Y), rel=1e-6)
+
+
+def test_student_from_layers_copies_exactly_those_weights():
+    cfg = compose("model=tiny", "model.tiny.layers=4")
+    teacher = load_model(cfg.model, 2, False, vocab_size=60)
+    student, layers = keep_layers(teacher, None)
+    assert layers == [0, 2] and student.config.num_hidden_layers == 2
+    assert len(student.bert.encoder.layer) == 2 and len(teacher.bert.encoder.layer) == 4
+    for s_idx, t_idx in enumerate(layers):
+        s_state = student.bert.encoder.layer[s_idx].state_dict()
+        t_state = teacher.bert.encoder.layer[t_idx].state_dict()
+        assert s_state.keys() == t_state.keys()
+        assert all(torch.equal(s_state[k], t_state[k]) for k in s_state)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
+                       teacher.bert.embeddings.word_embeddings.weight)
+    student.bert.embeddings.word_embeddings.weight.data.zero_()  # a copy, not shared storage
+    assert teacher.bert.embeddings.word_embeddings.weight.abs().sum() > 0
+    with pytest.raises(ConfigError, match="student_layers"):
+        keep_layers(teacher, [0, 9])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["objective=kd", "distillation=none"], "distillation"),
+    (["objective=ce", "distillation=kd"], "distillation"),
+    (["objective=kd", "task=stsb"], "objective"),
+    (["objective=kd", "distillation.temperature=0"], "distillation.temperature"),
+    (["objective=kd", "objective.teacher=min_cmi"], "objective.teacher"),
+])
+def test_bad_distillation_configs_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        validate(compose(*overrides))
+
+
+def test_distillation_objectives_default_to_the_kd_loss():
+    assert compose("objective=kd").distillation.name == "kd"
+    assert compose("objective=max_cmi_kd", "distillation=wttm").distillation.name == "wttm"
+    assert compose("objective=max_cmi_kd").objective.teacher == "max_cmi"
+
+
+def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
+    def student(name, *overrides):
+        cfg = compose("model=tiny", "objective=max_cmi_kd", "train.max_steps=6",
+                      f"data.glue_dir={glue_dir}", "data.max_train_samples=96",
+                      "data.max_eval_samples=32", f"output_dir={tmp_path}", *overrides)
+        (tmp_path / name).mkdir()
+        return run(cfg, tmp_path / name)
+
+    first = student("a", "distillation=wttm")
+    second = student("b", "distillation=kd", "distillation.temperature=4")
+    assert first["teacher"]["reused"] is False and second["teacher"]["reused"] is True
+    assert first["teacher"]["key"] == second["teacher"]["key"]
+    assert first["teacher"]["objective"] == "max_cmi"
+    assert {"accuracy", "f1", "cmi"} <= set(second["teacher"]["dev"])
+    assert second["student"] == "tiny-L0" and second["status"] == "ok"
+    teachers = list((tmp_path / "teachers" / "mrpc" / "max_cmi" / "tiny").iterdir())
+    assert len(teachers) == 1
+    logits = np.load(teachers[0] / "train_logits.npy")
+    assert logits.shape == (96, 2)
+    assert "reused" in (tmp_path / "b" / "run.log").read_text()
+    steps = [json.loads(x) for x in (tmp_path / "b" / "steps.jsonl").read_text().splitlines()]
+    assert {"ce", "kd", "loss"} <= set(steps[0])
+    # another seed is another teacher
+    third = student("c", "seed=7")
+    assert third["teacher"]["reused"] is False and third["teacher"]["key"] != first["teacher"]["key"]
