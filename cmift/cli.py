@@ -26,11 +26,25 @@ def _fail(message: str) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    from cmift.runs import claim_run_dir, finished_ok, release_run_dir
+    from cmift.config import validate
+    from cmift.runs import claim_run_dir, finished_ok, release_run_dir, write_failed
+    from cmift.sweep import launcher_threads, record_failure
     from cmift.tasks import DataError
 
-    base = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    base = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)  # before anything heavy is imported: a bad value answers at once
+    except ConfigError as e:
+        if not sweeping:
+            _fail(str(e))
+        write_failed(base, cfg, list(hydra_cfg.overrides.task), str(e))
+        print(f"cmift: run {base} failed: {e}", file=sys.stderr)
+        record_failure(base, str(e))
+        return
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
         return
@@ -38,17 +52,75 @@ def _job(cfg: DictConfig) -> None:
     try:
         from cmift.train import run
 
+        if cfg.threads is None and (threads := launcher_threads(hydra_cfg)):
+            import torch
+
+            torch.set_num_threads(threads)
         run(cfg, run_dir)
-    except (ConfigError, DataError) as e:
-        _fail(str(e))
     except KeyboardInterrupt:
         _fail(f"interrupted; partial run recorded in {run_dir}")
+    except Exception as e:
+        message = str(e) if isinstance(e, (ConfigError, DataError)) else f"{type(e).__name__}: {e}"
+        if not sweeping:
+            if isinstance(e, (ConfigError, DataError)):
+                _fail(message)
+            raise
+        # In a sweep the failure is recorded (metrics.json, run.log) and the sweep goes on.
+        print(f"cmift: run {run_dir} failed: {message}", file=sys.stderr)
+        record_failure(run_dir, message)
     finally:
         release_run_dir(run_dir)
 
 
 def main() -> None:
     _job()
+
+
+def table_main(argv: list[str] | None = None) -> None:
+    """`cmift-table outputs/ [--format md,tex,csv] [--epoch last|best]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="cmift-table", description="GLUE tables from run folders")
+    ap.add_argument("folders", nargs="*", default=["outputs"])
+    ap.add_argument("--format", default="md,tex,csv", help="comma list of md, tex, csv")
+    ap.add_argument("--epoch", choices=["last", "best"], default="last",
+                    help="report each run's last evaluation or its best (by dev score)")
+    ap.add_argument("--out", default=None, help="default: <first folder>/tables")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = sorted(set(formats) - {"md", "tex", "csv"})
+    if bad:
+        _fail(f"--format {','.join(bad)} is not allowed: a comma list of md, tex, csv")
+    missing = [f for f in args.folders if not Path(f).is_dir()]
+    if missing:
+        _fail(f"no such folder: {', '.join(missing)}")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cmift.summarize import write_tables
+
+    out = Path(args.out or Path(args.folders[0]) / "tables")
+    result = write_tables(args.folders, out, formats, args.epoch, plots=not args.no_plots)
+    console = Console()
+    if not result["runs"]:
+        _fail(f"no metrics.json under {', '.join(args.folders)}")
+    for title, frame in (("GLUE dev", result["glue"]), ("difference to ce, paired by seed",
+                                                          result["delta"])):
+        if frame is None or frame.empty:
+            continue
+        table = Table(title=title, show_lines=False)
+        table.add_column("method")
+        for col in frame.columns:
+            table.add_column(str(col))
+        for method, row in frame.iterrows():
+            cells = [escape(str(v)) if isinstance(v, str) else "—" for v in row]
+            table.add_row(escape(str(method)), *cells)
+        console.print(table)
+    console.print(result["rule"], markup=False)
+    console.print(f"{result['runs']} runs; wrote " + ", ".join(str(p) for p in result["files"]),
+                  markup=False)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,16 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+def write_failed(folder: Path, cfg, overrides: list[str], error: str) -> None:
+    """The record of a run that could not start (a bad config in a sweep): status failed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / METRICS_FILE, {
+        "schema_version": SCHEMA_VERSION, "status": "failed", "task": cfg.task.name,
+        "model": cfg.model.name, "objective": cfg.objective.name,
+        "distillation": cfg.distillation.name, "seed": cfg.seed, "overrides": overrides,
+        "run_dir": str(folder), "error": error, "evals": []})
+
+
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)

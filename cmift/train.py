@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmift.config import ConfigError, config_hash, load_model_config, validate
+from cmift.config import ConfigError, config_hash, identity, load_model_config, validate
 from cmift.data import Split, load_tokenized
 from cmift.loop import fit, pick_device
 from cmift.models import (
@@ -94,7 +94,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
         "distillation": cfg.distillation.name, "seed": cfg.seed,
         "overrides": _overrides() if overrides is None else overrides,
         "config_hash": config_hash(cfg), "run_dir": str(run_dir),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "evals": [],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": identity(cfg),  # every setting that can change the result, for tables
+        "evals": [],
     }
     write_json(run_dir / METRICS_FILE, record)
     log.info("run %s on %s", run_dir, device.describe())
