@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 GLUE_DIR ?= $(abspath $(firstword $(wildcard ../shared/glue)))
 export GLUE_DIR
 
-.PHONY: install test test-all demo smoke lint clean-cache
+.PHONY: install test test-all demo smoke table bench lint clean-cache
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
@@ -26,6 +26,12 @@ demo:       # the main job: MiniLM-L6 on real MRPC with the run_glue recipe (~12
 
 smoke:      # a 20-step tiny-model run, seconds
 	$(PYTHON) -m cmift task=mrpc objective=ce model=tiny train.max_steps=20
+
+table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under outputs/
+	$(PYTHON) -c "from cmift.cli import table_main; table_main()" outputs
+
+bench:      # benchmarks that print ratios against a peer measured in the same run
+	$(PYTHON) bench/summarize_runs.py
 
 lint:
 	$(PYTHON) -m ruff check cmift tests bench

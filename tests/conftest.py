@@ -33,12 +33,21 @@ def write_fake_mrpc(root: Path, n_train: int = 200, n_dev: int = 60, seed: int =
             b = a if label else _sentence(rng, rng.randint(5, 20))
             lines.append(f"{int(label)}\t{i}\t{i + 100000}\t{a}\t{b}")
         (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rte = root / "RTE"
+    rte.mkdir(exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            a, label = _sentence(rng, rng.randint(5, 20)), rng.random() < 0.5
+            b = a[: len(a) // 2] if label else _sentence(rng, 6)
+            lines.append(f"{i}\t{a}\t{b}\t{'entailment' if label else 'not_entailment'}")
+        (rte / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
 
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory) -> str:
-    if (REAL_GLUE / "MRPC" / "train.tsv").is_file():
+    if all((REAL_GLUE / t / "train.tsv").is_file() for t in ("MRPC", "RTE")):
         return str(REAL_GLUE)
     return str(write_fake_mrpc(tmp_path_factory.mktemp("glue")))
 
@@ -55,7 +64,7 @@ def _private_cache(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def compose(*overrides: str):
+def compose(*overrides: str, return_hydra: bool = False):
     """The config `cmift <overrides>` would run, composed without starting a job."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -63,4 +72,5 @@ def compose(*overrides: str):
     from cmift.cli import CONF_DIR  # registers the schema and resolvers
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides),
+                             return_hydra_config=return_hydra)

@@ -1,0 +1,106 @@
+"""Sweeps end to end with the tiny model: failures recorded and the sweep goes on, re-running
+skips finished runs, parallel and SLURM-style launchers, then the table."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import compose
+
+TINY = ["model=tiny", "train.max_steps=4", "data.max_train_samples=64",
+        "data.max_eval_samples=32", "train.batch_size=16"]
+
+
+def cmift(*args, cwd, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def statuses(root):
+    found = {}
+    for path in root.rglob("metrics.json"):
+        if "teachers" not in path.parts:
+            found[str(path.parent.relative_to(root))] = json.loads(path.read_text())["status"]
+    return found
+
+
+def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
+    args = ["-m", "task=mrpc,rte", "objective=min_cmi", "objective.lam=0.1,-1", "seed=1,2",
+            *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
+    code, out, err = finish(cmift(*args, cwd=tmp_path))
+    assert code == 1, err[-2000:]
+    found = statuses(tmp_path / "out")
+    assert sorted(found.values()) == ["failed"] * 4 + ["ok"] * 4
+    assert "4 run(s) of the sweep failed" in err and "objective.lam=-1.0" in err
+    failed = [k for k, v in found.items() if v == "failed"]
+    assert all("objective.lam=-1" in k for k in failed)
+
+    # the same sweep again trains nothing: finished runs are skipped
+    code, out, err = finish(cmift(*args, cwd=tmp_path))
+    assert out.count("skipped") == 4 and "eval step" not in out + err
+
+    table = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main;"
+                            "table_main()", str(tmp_path / "out"), "--no-plots"],
+                           capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    md = (tmp_path / "out" / "tables" / "glue.md").read_text()
+    assert "MRPC (accuracy/f1)" in md and "RTE (accuracy)" in md and "±" in md
+    assert "(n=2) [lam=0.1,beta=0.0] +2 failed" in md
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(glue_dir, tmp_path):
+    args = ["-m", "task=mrpc", "seed=1,2,3", *TINY, f"data.glue_dir={glue_dir}",
+            f"output_dir={tmp_path}/out"]
+    proc = cmift(*args, cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and "ok" not in statuses(tmp_path / "out").values():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C after the first run finished
+    finish(proc)
+    done = [k for k, v in statuses(tmp_path / "out").items() if v == "ok"]
+    assert 1 <= len(done) < 3
+    mtimes = {k: (tmp_path / "out" / k / "metrics.json").stat().st_mtime_ns for k in done}
+    code, out, err = finish(cmift(*args, cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    assert out.count("skipped") == len(done)
+    assert sorted(statuses(tmp_path / "out").values()) == ["ok"] * 3
+    assert all((tmp_path / "out" / k / "metrics.json").stat().st_mtime_ns == t
+               for k, t in mtimes.items())
+
+
+def test_joblib_launcher_runs_jobs_in_parallel(glue_dir, tmp_path):
+    code, out, err = finish(cmift("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                  "seed=1,2", *TINY, f"data.glue_dir={glue_dir}",
+                                  f"output_dir={tmp_path}/out", cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    assert sorted(statuses(tmp_path / "out").values()) == ["ok", "ok"]
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("manifest.json")]
+    assert {m["torch_threads"] for m in manifests} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_submitit_launcher_configs_compose():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose("hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                  return_hydra=True)
+    assert cfg.hydra.launcher.partition == "gpu"
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+
+
+def test_submitit_local_sweep(glue_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    code, out, err = finish(cmift("-m", "hydra/launcher=submitit_local", "seed=1,2", *TINY,
+                                  f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out",
+                                  cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    assert sorted(statuses(tmp_path / "out").values()) == ["ok", "ok"]
