@@ -27,6 +27,11 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class NanPolicy(str, Enum):
+    fail = "fail"  # stop the run (status failed) and keep the last good checkpoint
+    skip = "skip"  # skip the batch and count it (one host sync per step)
+
+
 @dataclass
 class TinyConfig:
     """Shape of the random BERT built locally by `model=tiny` (tests, smoke runs)."""
@@ -130,6 +135,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: Optional[int] = None  # optimiser steps between evaluations; null = each epoch
     log_every: int = 20
+    save_every: Optional[int] = None  # optimiser steps between checkpoints (also each epoch end)
+    keep_checkpoints: int = 2  # the last K checkpoints are kept while a run is going
+    save_model: bool = True  # final weights in <run dir>/model/ (safetensors)
+    nan_policy: NanPolicy = NanPolicy.fail
     precision: Precision = Precision.auto
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -202,6 +211,10 @@ def validate(cfg: DictConfig) -> None:
     _require(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every,
              "null (each epoch) or an integer > 0")
     _require(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
+    _require(t.save_every is None or t.save_every > 0, "train.save_every", t.save_every,
+             "null (each epoch end) or an integer > 0")
+    _require(t.keep_checkpoints > 0, "train.keep_checkpoints", t.keep_checkpoints,
+             "an integer > 0")
     d = cfg.data
     _require(d.max_seq_length > 0, "data.max_seq_length", d.max_seq_length, "an integer > 0")
     for key in ("max_train_samples", "max_eval_samples"):

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from cmift import checkpoint as ckpt
 from cmift.data import PadCollator, Split, eval_batches, train_batches
 from cmift.metrics import cmi_diagnostics, task_metrics
 from cmift.models import FeatureTap
@@ -173,6 +174,7 @@ class FitResult:
     train_examples: int
     forward: "Forward"  # the trained model behind the forward used in training
     pad_id: int
+    skipped_steps: int = 0
 
 
 def plan_steps(n_train: int, t) -> tuple[int, int]:
@@ -208,10 +210,23 @@ class StepLog:
         self.pending.clear()
         return means
 
+    def truncate_after(self, step: int) -> None:
+        """Drop logged steps after `step` (a resumed run logs them again)."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite loss under train.nan_policy=fail."""
+
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
         pad_id: int, cfg, device: Device, run_dir: Path,
-        on_eval: Callable[[dict], None]) -> FitResult:
+        on_eval: Callable[[list], None]) -> FitResult:
+    """Train with `objective`, evaluating on `dev`; resumes from the run's latest checkpoint."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -232,91 +247,171 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
     scaler = torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, separate from dropout
     steps_log = StepLog(run_dir / "steps.jsonl")
-    log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
-             len(train), total, per_epoch, t.batch_size, t.grad_accum, t.lr)
+    skip_nan = str(getattr(t.nan_policy, "value", t.nan_policy)) == "skip"
 
     evals: list[dict] = []
-    step, epoch, examples, train_seconds = 0, 0, 0, 0.0
+    step, epoch, examples, train_seconds, skipped = 0, 0, 0, 0.0, 0
     last: Optional[EvalResult] = None
+    # Where the data stream is: the generator before this epoch's shuffle, the batch position,
+    # and the RNG state at the last optimiser-step boundary (what a Ctrl-C checkpoint saves).
+    epoch_gen, position, boundary_rng = generator.get_state(), 0, ckpt.rng_state()
+
+    def payload() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else {},
+                "objective": objective.state_dict(), "rng": boundary_rng,
+                "data": {"epoch": epoch, "position": position, "epoch_generator": epoch_gen,
+                         "generator": generator.get_state()},
+                "step": step, "examples": examples, "train_seconds": train_seconds,
+                "skipped_steps": skipped, "evals": evals}
+
+    def checkpoint() -> None:
+        check_finite(steps_log.flush())
+        path = ckpt.save(run_dir, step, payload(), t.keep_checkpoints)
+        log.info("checkpoint %s", path.name)
+
+    def check_finite(means: dict) -> None:
+        if means and not all(math.isfinite(v) for v in means.values()):
+            raise NonFiniteLoss(f"non-finite loss by step {step}: {means}; the last good "
+                                f"checkpoint is kept in {run_dir / ckpt.CKPT_DIR}")
 
     def run_eval() -> None:
         nonlocal last
         last = evaluate(forward, task, dev, dev_collate, t.eval_batch_size)
-        record = {"step": step, "epoch": round(step / per_epoch, 4), "dev": last.metrics}
-        evals.append(record)
+        evals.append({"step": step, "epoch": round(step / per_epoch, 4), "dev": last.metrics})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in last.metrics.items())
         log.info("eval step %d (epoch %.2f): %s", step, step / per_epoch, shown)
-        on_eval(record)
+        on_eval(evals)
 
     def train_passes(limit: Optional[int]):
         for outputs, labels, _ in no_grad_passes(forward, train, train_collate, t.eval_batch_size,
                                                  limit):
             yield outputs, labels
 
-    setup_start = time.perf_counter()
-    objective.setup(train_passes)
-    train_seconds += time.perf_counter() - setup_start
+    state = ckpt.latest(run_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        objective.load_state_dict(state["objective"])
+        objective.to(device.device)
+        d = state["data"]
+        epoch, position, epoch_gen = d["epoch"], d["position"], d["epoch_generator"]
+        generator.set_state(d["generator"])
+        step, examples, skipped = state["step"], state["examples"], state["skipped_steps"]
+        train_seconds, evals = state["train_seconds"], list(state["evals"])
+        ckpt.set_rng_state(state["rng"])
+        boundary_rng = state["rng"]
+        steps_log.truncate_after(step)
+        log.info("resumed from %s: step %d, epoch %d, batch %d", state["path"], step, epoch,
+                 position)
+    else:
+        steps_log.truncate_after(0)
+        setup_start = time.perf_counter()
+        objective.setup(train_passes)
+        train_seconds += time.perf_counter() - setup_start
+    log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
+             len(train), total, per_epoch, t.batch_size, t.grad_accum, t.lr)
+
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"),
                         TextColumn("{task.fields[eps]} ex/s"),
                         TimeRemainingColumn(), transient=True)
     progress.disable = not progress.console.is_terminal
-    with progress:
-        bar = progress.add_task("train", total=total, loss="-", eps="-")
-        interval_start, interval_examples = time.perf_counter(), 0
-        while step < total:
-            epoch += 1
-            batches = train_batches(len(train), t.batch_size, generator)
-            loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=train_collate,
-                                                 pin_memory=device.device.type == "cuda")
-            epoch_start = time.perf_counter()
-            objective.on_epoch_start(epoch, train_passes)
-            for i, cpu_batch in enumerate(loader):
-                batch = to_device(cpu_batch, device.device)
-                terms = objective(forward(batch), batch)
-                loss = terms["loss"] / t.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                examples += len(cpu_batch["labels"])
-                interval_examples += len(cpu_batch["labels"])
-                if (i + 1) % t.grad_accum and i + 1 != len(batches):
-                    continue
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if t.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
+    try:
+        with progress:
+            bar = progress.add_task("train", total=total, completed=step, loss="-", eps="-")
+            interval_start, interval_examples = time.perf_counter(), 0
+            while step < total:
+                if position == 0:  # a new epoch (else: resuming inside one)
+                    epoch += 1
+                    epoch_gen = generator.get_state()
+                    batches = train_batches(len(train), t.batch_size, generator)
+                    objective.on_epoch_start(epoch, train_passes)
                 else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                objective.after_step()
-                step += 1
-                steps_log.add(step, epoch, terms, lr)
-                if step % t.log_every == 0 or step == total:
-                    means = steps_log.flush()  # the only host sync in the loop
-                    now = time.perf_counter()
-                    eps = interval_examples / max(now - interval_start, 1e-9)
-                    interval_start, interval_examples = now, 0
-                    progress.update(bar, loss=f"{means['loss']:.4f}", eps=f"{eps:.0f}")
-                    if progress.disable:
-                        log.info("step %d/%d epoch %d loss %.4f %.1f ex/s", step, total, epoch,
-                                 means["loss"], eps)
-                progress.update(bar, completed=step)
-                if step >= total:
-                    break
-                if t.eval_every and step % t.eval_every == 0:
-                    train_seconds += time.perf_counter() - epoch_start
+                    after = generator.get_state()
+                    generator.set_state(epoch_gen)
+                    batches = train_batches(len(train), t.batch_size, generator)
+                    generator.set_state(after)
+                loader = torch.utils.data.DataLoader(
+                    batches[position:], batch_size=None, collate_fn=train_collate,
+                    pin_memory=device.device.type == "cuda")
+                epoch_start = time.perf_counter()
+                for i, cpu_batch in enumerate(loader, start=position):
+                    batch = to_device(cpu_batch, device.device)
+                    terms = objective(forward(batch), batch)
+                    loss = terms["loss"] / t.grad_accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    examples += len(cpu_batch["labels"])
+                    interval_examples += len(cpu_batch["labels"])
+                    if (i + 1) % t.grad_accum and i + 1 != len(batches):
+                        continue
+                    if skip_nan and not torch.isfinite(terms["loss"]).item():  # opted-in sync
+                        optimizer.zero_grad(set_to_none=True)
+                        skipped += 1
+                        log.warning("step %d: non-finite loss, batch skipped (%d so far)",
+                                    step + 1, skipped)
+                        position = i + 1
+                        continue
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if t.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    lr = scheduler.get_last_lr()[0]
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.after_step()
+                    step += 1
+                    position, boundary_rng = i + 1, ckpt.rng_state()
+                    steps_log.add(step, epoch, terms, lr)
+                    if step % t.log_every == 0 or step == total:
+                        means = steps_log.flush()  # the only host sync in the loop
+                        check_finite(means)
+                        now = time.perf_counter()
+                        eps = interval_examples / max(now - interval_start, 1e-9)
+                        interval_start, interval_examples = now, 0
+                        progress.update(bar, loss=f"{means['loss']:.4f}", eps=f"{eps:.0f}")
+                        if progress.disable:
+                            log.info("step %d/%d epoch %d loss %.4f %.1f ex/s", step, total,
+                                     epoch, means["loss"], eps)
+                    progress.update(bar, completed=step)
+                    if step >= total:
+                        break
+                    evaluate_now = bool(t.eval_every) and step % t.eval_every == 0
+                    if evaluate_now or (t.save_every and step % t.save_every == 0):
+                        train_seconds += time.perf_counter() - epoch_start
+                        if evaluate_now:
+                            run_eval()
+                        checkpoint()
+                        epoch_start = interval_start = time.perf_counter()
+                        interval_examples = 0
+                train_seconds += time.perf_counter() - epoch_start
+                check_finite(steps_log.flush())
+                position = 0  # the epoch is done (or so is training)
+                if step >= total or not t.eval_every:
                     run_eval()
-                    epoch_start = interval_start = time.perf_counter()
-                    interval_examples = 0
-            train_seconds += time.perf_counter() - epoch_start
-            steps_log.flush()
-            if step >= total or not t.eval_every:
-                run_eval()
-                interval_start, interval_examples = time.perf_counter(), 0
+                    interval_start, interval_examples = time.perf_counter(), 0
+                if step < total:
+                    checkpoint()
+    except KeyboardInterrupt:
+        # Ctrl-C: save the last step boundary, so that running the command again resumes.
+        steps_log.flush()
+        ckpt.save(run_dir, step, payload(), t.keep_checkpoints)
+        log.warning("interrupted at step %d; checkpoint saved, run the command again to resume",
+                    step)
+        raise
+    if last is None:  # resumed after the last evaluation had been checkpointed
+        last = evaluate(forward, task, dev, dev_collate, t.eval_batch_size)
+    if skipped:
+        log.warning("%d steps skipped for non-finite loss", skipped)
     return FitResult(evals=evals, last=last, steps=step, epochs_done=step / per_epoch,
                      train_seconds=train_seconds, train_examples=examples, forward=forward,
-                     pad_id=pad_id)
+                     pad_id=pad_id, skipped_steps=skipped)

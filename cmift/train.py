@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cmift.checkpoint import clear as clear_checkpoints
 from cmift.config import ConfigError, config_hash, identity, load_model_config, validate
 from cmift.data import Split, load_tokenized
 from cmift.loop import fit, pick_device
@@ -53,6 +55,16 @@ def write_predictions(run_dir: Path, task, predictions: dict) -> None:
         tmp = run_dir / f".predictions_{split}.tsv"
         frame.to_csv(tmp, sep="\t", index=False)
         tmp.replace(run_dir / f"predictions_{split}.tsv")
+
+
+def save_weights(model, tokenizer, folder: Path) -> None:
+    """Final weights (safetensors), config and tokenizer, loadable with from_pretrained."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
 
 
 def prepare_data(cfg: DictConfig, model_cfg, task):
@@ -103,7 +115,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     try:
         _train(cfg, task, device, run_dir, record, after_fit)
     except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
-        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        record.update(status=status, error=f"{type(e).__name__}: {e}")
         write_json(run_dir / METRICS_FILE, record)
         if not isinstance(e, (ConfigError, KeyboardInterrupt)):
             log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
@@ -169,14 +182,17 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
              record.get("student", cfg.model.name), n_params / 1e6, task.name, len(train),
              {k: len(v) for k, v in dev.items()})
 
-    def on_eval(entry: dict) -> None:
-        record["evals"].append(entry)
+    def on_eval(evals: list) -> None:
+        record["evals"] = evals
         write_json(run_dir / METRICS_FILE, record)
 
     result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
                  on_eval)
     if after_fit is not None:
         after_fit(result, train)
+    if cfg.train.save_model:
+        save_weights(model, tokenizer, run_dir / "model")
+    clear_checkpoints(run_dir)  # finished: the final weights (if kept) are what is left
     best = max(result.evals, key=lambda e: e["dev"]["score"])
     record.update(
         status="ok",
@@ -184,6 +200,7 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
                **result.evals[-1]["dev"]},
         best={"step": best["step"], "epoch": best["epoch"], **best["dev"]},
         steps=result.steps,
+        skipped_steps=result.skipped_steps,
         epochs=result.epochs_done,
         train_examples=result.train_examples,
         train_seconds=round(result.train_seconds, 3),

@@ -50,6 +50,9 @@ class Objective:
     def state_dict(self) -> dict:
         return {}
 
+    def to(self, device) -> None:
+        """Move state to `device` (after restoring it from a checkpoint)."""
+
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict returned."""
 

@@ -104,6 +104,10 @@ class CMIObjective(Objective):
     def state_dict(self) -> dict:
         return {"centroids": self.centroids.state_dict()} if self.centroids else {}
 
+    def to(self, device) -> None:
+        if self.centroids is not None:
+            self.centroids.to(device)
+
     def load_state_dict(self, state: dict) -> None:
         if "centroids" in state:
             q = state["centroids"]["q"]
