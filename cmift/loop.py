@@ -55,6 +55,11 @@ def pick_device(precision: str) -> Device:
     return Device(torch.device("cpu"), dtype)
 
 
+def pin_batch(batch: dict) -> dict:
+    """Page-locked host memory, so the copy to the GPU can overlap compute (non_blocking)."""
+    return {k: v.pin_memory() for k, v in batch.items()}
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -336,9 +341,11 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                     generator.set_state(epoch_gen)
                     batches = train_batches(len(train), t.batch_size, generator)
                     generator.set_state(after)
-                loader = torch.utils.data.DataLoader(
-                    batches[position:], batch_size=None, collate_fn=train_collate,
-                    pin_memory=device.device.type == "cuda")
+                # A plain generator, not a DataLoader: a DataLoader iterator draws a seed from the
+                # global RNG when created, which would shift dropout masks on resume.
+                pin = device.device.type == "cuda"
+                loader = (pin_batch(train_collate(b)) if pin else train_collate(b)
+                          for b in batches[position:])
                 epoch_start = time.perf_counter()
                 for i, cpu_batch in enumerate(loader, start=position):
                     batch = to_device(cpu_batch, device.device)

@@ -1,0 +1,138 @@
+"""Reliability: exact resume after SIGKILL, Ctrl-C, NaN policy, atomic files, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cmift import checkpoint as ckpt
+from cmift.runs import write_json
+from cmift.train import run
+from conftest import compose
+
+TINY = ["task=mrpc", "model=tiny", "data.max_train_samples=256", "data.max_eval_samples=64",
+        "train.batch_size=16", "train.max_steps=40", "train.eval_every=10", "train.lr=1e-3"]
+
+
+def _start(args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _metrics(root):
+    (path,) = [p for p in root.rglob("metrics.json")]
+    return json.loads(path.read_text()), path.parent
+
+
+@pytest.mark.parametrize("objective", ["ce", "min_cmi"])
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, objective):
+    args = [*TINY, f"objective={objective}", "train.save_every=5", f"data.glue_dir={glue_dir}"]
+    clean = _start([*args, f"output_dir={tmp_path}/clean"], tmp_path)
+    assert clean.wait(300) == 0, clean.stderr.read()[-2000:]
+
+    killed = _start([*args, f"output_dir={tmp_path}/killed"], tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "killed").rglob("step-*.pt")):
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    partial, run_dir = _metrics(tmp_path / "killed")
+    assert partial["status"] == "running"  # nothing finished, nothing torn
+
+    again = _start([*args, f"output_dir={tmp_path}/killed"], tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    resumed, run_dir = _metrics(tmp_path / "killed")
+    assert "resumed from" in (run_dir / "run.log").read_text()
+    reference, _ = _metrics(tmp_path / "clean")
+    assert resumed["status"] == "ok"
+    assert [e["dev"] for e in resumed["evals"]] == [e["dev"] for e in reference["evals"]]
+    assert resumed["final"] == reference["final"]
+    steps = [json.loads(x)["step"] for x in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))  # every step logged once
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert not list((run_dir / "checkpoints").glob("*.pt"))  # cleared once finished
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_finishes(glue_dir, tmp_path):
+    args = [*TINY, "train.max_steps=400", "train.eval_every=100", f"data.glue_dir={glue_dir}",
+            f"output_dir={tmp_path}/out"]
+    proc = _start(args, tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "out").rglob("steps.jsonl")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    record, run_dir = _metrics(tmp_path / "out")
+    assert record["status"] == "interrupted"
+    assert list((run_dir / "checkpoints").glob("step-*.pt"))
+    again = _start(args, tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    assert _metrics(tmp_path / "out")[0]["status"] == "ok"
+
+
+def test_checkpoints_load_with_weights_only_and_keep_the_last_k(tmp_path):
+    for step in range(1, 5):
+        ckpt.save(tmp_path, step, {"step": step, "rng": ckpt.rng_state(),
+                                   "w": torch.ones(2) * step}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["step-00000003.pt", "step-00000004.pt"]
+    latest = ckpt.latest(tmp_path)
+    assert latest["step"] == 4 and torch.equal(latest["w"], torch.full((2,), 4.0))
+    (tmp_path / "checkpoints" / "step-00000005.pt").write_bytes(b"torn")  # unreadable newest
+    assert ckpt.latest(tmp_path)["step"] == 4
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_atomic_json_write_leaves_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"status": "ok"})
+    circular = {"status": "ok"}
+    circular["self"] = circular
+    with pytest.raises(ValueError):
+        write_json(path, circular)  # the write fails midway
+    assert json.loads(path.read_text()) == {"status": "ok"}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_nan_loss_fails_the_run_or_is_skipped(glue_dir, tmp_path, monkeypatch):
+    from cmift.objectives import ce
+
+    real = ce.task_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, labels, regression):
+        calls["n"] += 1
+        loss = real(logits, labels, regression)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ce, "task_loss", sometimes_nan)
+    base = ["model=tiny", "train.max_steps=8", "train.log_every=2", f"data.glue_dir={glue_dir}",
+            "data.max_train_samples=128", "data.max_eval_samples=32", "train.batch_size=16"]
+    (tmp_path / "fail").mkdir()
+    with pytest.raises(Exception, match="non-finite loss by step 4"):
+        run(compose(*base), tmp_path / "fail")
+    assert json.loads((tmp_path / "fail" / "metrics.json").read_text())["status"] == "failed"
+    calls["n"] = 0
+    (tmp_path / "skip").mkdir()
+    out = run(compose(*base, "train.nan_policy=skip"), tmp_path / "skip")
+    assert out["status"] == "ok" and out["skipped_steps"] == 1 and out["steps"] == 8
