@@ -6,6 +6,7 @@ Only the config schema is imported up front: torch and transformers load inside 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -72,8 +73,30 @@ def _job(cfg: DictConfig) -> None:
         release_run_dir(run_dir)
 
 
+def _one_line(error: BaseException) -> str:
+    """Hydra / OmegaConf messages span lines (options, full_key, object_type): keep what names
+    the key, the value and what is allowed, on one line."""
+    parts = []
+    for e in (error, error.__cause__):
+        for line in str(e or "").split("Config search path")[0].splitlines():
+            line = line.strip()
+            if line and not line.startswith(("full_key:", "object_type=", "reference_type=",
+                                             "Set the environment variable")):
+                parts.append(line.rstrip(".:"))
+    return "; ".join(dict.fromkeys(parts))
+
+
 def main() -> None:
-    _job()
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra then re-raises composition errors instead of printing a trace and exiting 1; they
+    # become one line and exit code 2 here.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _job()
+    except (HydraException, OmegaConfBaseException) as e:
+        _fail(_one_line(e))
 
 
 def table_main(argv: list[str] | None = None) -> None:

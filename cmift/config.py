@@ -120,6 +120,7 @@ class DataConfig:
     max_seq_length: int = 128
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    skip_bad_rows: bool = False  # leave out malformed TSV rows (counted) instead of stopping
 
 
 @dataclass

@@ -23,7 +23,8 @@ import torch
 from cmift.tasks import GlueTask, load_raw, source_fingerprint
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when the stored columns change
+CACHE_FORMAT = 2  # bump when the stored columns change
+SKIPPED_FILE = "skipped_rows.json"  # {split: [line numbers]} left out by data.skip_bad_rows
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -49,6 +50,7 @@ def cache_key(task: GlueTask, data_cfg, tokenizer) -> str:
         "max_seq_length": data_cfg.max_seq_length,
         "max_train_samples": data_cfg.max_train_samples,
         "max_eval_samples": data_cfg.max_eval_samples,
+        "skip_bad_rows": data_cfg.skip_bad_rows,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{task.name}-{digest}"
@@ -76,28 +78,34 @@ def tokenize_splits(raw, tokenizer, max_length: int):
     return raw.map(encode, batched=True, remove_columns=text_cols, desc="tokenizing")
 
 
-def load_tokenized(task: GlueTask, data_cfg, tokenizer, raw=None):
-    """The tokenized DatasetDict, from the on-disk cache when present (else built and saved)."""
+def load_tokenized(task: GlueTask, data_cfg, tokenizer, raw=None, raw_skipped=None):
+    """(tokenized DatasetDict, {split: skipped line numbers}), from the on-disk cache when
+    present (else built and saved)."""
     from datasets import load_from_disk
 
     key = cache_key(task, data_cfg, tokenizer)
     folder = Path(data_cfg.cache_dir).expanduser() / "tokenized" / key
     if (folder / "dataset_dict.json").is_file():
         log.info("tokenized data: cache hit %s", folder)
-        return load_from_disk(str(folder))
+        return load_from_disk(str(folder)), json.loads((folder / SKIPPED_FILE).read_text())
     log.info("tokenized data: building %s", folder)
+    skipped: dict = raw_skipped or {}
     if raw is None:
-        raw = load_raw(task, data_cfg.glue_dir)
+        raw = load_raw(task, data_cfg.glue_dir, data_cfg.skip_bad_rows, skipped)
+    if skipped:
+        log.warning("skipped malformed rows (data.skip_bad_rows=true): %s",
+                    {k: len(v) for k, v in skipped.items()})
     tokenized = tokenize_splits(limit_samples(raw, data_cfg), tokenizer, data_cfg.max_seq_length)
     # Save beside the target and rename, so a killed run never leaves a half-written cache.
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
     tokenized.save_to_disk(tmp)
+    (Path(tmp) / SKIPPED_FILE).write_text(json.dumps(skipped))
     try:
         os.rename(tmp, folder)
     except OSError:  # another run saved the same key first: theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(folder))
+    return load_from_disk(str(folder)), skipped
 
 
 @dataclass

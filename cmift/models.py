@@ -110,8 +110,14 @@ def load_model(model_cfg, num_labels: int, regression: bool, vocab_size: int):
         trust_remote_code=model_cfg.trust_remote_code)
 
 
-def max_positions(model) -> int:
-    cfg = model.config
+def max_positions(model_cfg) -> int:
+    """How many positions the backbone takes, from its config alone (no weights loaded)."""
+    if is_tiny(model_cfg):
+        return 512
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(resolve_path(model_cfg.name_or_path),
+                                     trust_remote_code=model_cfg.trust_remote_code)
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512))
 
 

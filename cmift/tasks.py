@@ -117,8 +117,11 @@ def _column_index(col: Column, header: Optional[list[str]], path: Path) -> int:
     return header.index(col.name)
 
 
-def read_tsv(task: GlueTask, path: Path) -> dict[str, list]:
-    """Read one GLUE TSV into columns. Quoting is off (GLUE text holds bare quotes)."""
+def read_tsv(task: GlueTask, path: Path, skip_bad: bool = False,
+             skipped: Optional[list] = None) -> dict[str, list]:
+    """Read one GLUE TSV into columns. Quoting is off (GLUE text holds bare quotes).
+    A malformed row raises DataError naming file and line, or with `skip_bad` is left out and
+    its line number appended to `skipped`."""
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -133,24 +136,36 @@ def read_tsv(task: GlueTask, path: Path) -> dict[str, list]:
         first_line = 2 if task.has_header else 1
         for n, row in enumerate(rows):
             line = first_line + n
-            if len(row) < width:
-                raise DataError(f"{path}:{line}: {len(row)} columns, expected at least {width}")
-            raw = row[label_idx].strip()
-            if task.is_regression:
-                try:
-                    label = float(raw)
-                except ValueError:
-                    raise DataError(f"{path}:{line}: label {raw!r} is not a number") from None
-            elif raw in label_ids:
-                label = label_ids[raw]
-            else:
-                raise DataError(f"{path}:{line}: label {raw!r} is not one of {list(label_ids)}")
+            try:
+                label = _parse_row(task, row, width, label_idx, label_ids)
+            except DataError as e:
+                if not skip_bad:
+                    raise DataError(f"{path}:{line}: {e} (data.skip_bad_rows=true skips such "
+                                    "rows)") from None
+                if skipped is not None:
+                    skipped.append(line)
+                continue
             out["idx"].append(n)
             out["label"].append(label)
             out["text_a"].append(row[text_idx[0]])
             if len(text_idx) == 2:
                 out["text_b"].append(row[text_idx[1]])
     return out
+
+
+def _parse_row(task: GlueTask, row: list[str], width: int, label_idx: int, label_ids: dict):
+    """The row's label id (or score); DataError when the row is malformed."""
+    if len(row) < width:
+        raise DataError(f"{len(row)} columns, expected at least {width}")
+    raw = row[label_idx].strip()
+    if task.is_regression:
+        try:
+            return float(raw)
+        except ValueError:
+            raise DataError(f"label {raw!r} is not a number") from None
+    if raw not in label_ids:
+        raise DataError(f"label {raw!r} is not one of {list(label_ids)}")
+    return label_ids[raw]
 
 
 def source_fingerprint(task: GlueTask, glue_dir: Optional[str]) -> dict:
@@ -161,15 +176,21 @@ def source_fingerprint(task: GlueTask, glue_dir: Optional[str]) -> dict:
             for split, p in task_files(task, glue_dir).items()}
 
 
-def load_raw(task: GlueTask, glue_dir: Optional[str]):
-    """Train and dev splits as a `datasets.DatasetDict`: idx, text_a, [text_b], label."""
+def load_raw(task: GlueTask, glue_dir: Optional[str], skip_bad_rows: bool = False,
+             skipped: Optional[dict] = None):
+    """Train and dev splits as a `datasets.DatasetDict`: idx, text_a, [text_b], label.
+    With `skip_bad_rows`, `skipped` receives {split: [line numbers left out]}."""
     from datasets import Dataset, DatasetDict
 
-    if glue_dir is not None:
-        files = task_files(task, glue_dir)
-        splits = {s: Dataset.from_dict(read_tsv(task, p)) for s, p in files.items()}
-        return DatasetDict(splits)
-    return _load_hub(task)
+    if glue_dir is None:
+        return _load_hub(task)
+    splits = {}
+    for split, path in task_files(task, glue_dir).items():
+        lines: list[int] = []
+        splits[split] = Dataset.from_dict(read_tsv(task, path, skip_bad_rows, lines))
+        if skipped is not None and lines:
+            skipped[split] = lines
+    return DatasetDict(splits)
 
 
 def _load_hub(task: GlueTask):

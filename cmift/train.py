@@ -73,7 +73,8 @@ def prepare_data(cfg: DictConfig, model_cfg, task):
     cache_dir = Path(cfg.data.cache_dir).expanduser()
     raw = None
     if is_tiny(model_cfg):
-        raw = load_raw(task, cfg.data.glue_dir)
+        raw_skipped: dict = {}
+        raw = load_raw(task, cfg.data.glue_dir, cfg.data.skip_bad_rows, raw_skipped)
         columns = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
         texts = [text for c in columns for text in raw["train"][c]]
         key = hashlib.sha256(json.dumps(source_fingerprint(task, cfg.data.glue_dir)).encode())
@@ -81,10 +82,11 @@ def prepare_data(cfg: DictConfig, model_cfg, task):
         tokenizer = build_tiny_tokenizer(model_cfg, texts, cache_dir, key)
     else:
         tokenizer = load_tokenizer(model_cfg)
-    tokenized = load_tokenized(task, cfg.data, tokenizer, raw)
+    tokenized, skipped = load_tokenized(task, cfg.data, tokenizer, raw,
+                                        raw_skipped if raw is not None else None)
     train = Split.from_dataset(tokenized["train"])
     dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
-    return tokenizer, train, dev
+    return tokenizer, train, dev, skipped
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
@@ -163,7 +165,12 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
         write_json(run_dir / METRICS_FILE, record)
     model_cfg = (load_model_config(cfg.distillation.student)
                  if teacher and cfg.distillation.student else cfg.model)
-    tokenizer, train, dev = prepare_data(cfg, model_cfg, task)
+    limit = max_positions(model_cfg)
+    if cfg.data.max_seq_length > limit:
+        raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
+                          f"model {model_cfg.name} takes at most {limit} positions")
+    tokenizer, train, dev, skipped = prepare_data(cfg, model_cfg, task)
+    record["skipped_rows"] = {split: len(lines) for split, lines in skipped.items()}
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
     if teacher:
         model, record["student"] = _student(cfg, task, teacher, len(tokenizer))
@@ -172,10 +179,6 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
                               f"training examples, the student sees {len(train)}")
     else:
         model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
-    limit = max_positions(model)
-    if cfg.data.max_seq_length > limit:
-        raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
-                          f"model {model_cfg.name} takes at most {limit} positions")
     objective = build_objective(cfg, task, **context)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s (%.1fM parameters), task %s: %d train, %s dev",

@@ -23,8 +23,8 @@ def test_tokenization_is_cached_and_reused(fake_glue, tiny_tokenizer, tmp_path, 
     calls = []
     real = data_mod.tokenize_splits
     monkeypatch.setattr(data_mod, "tokenize_splits", lambda *a: calls.append(1) or real(*a))
-    first = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
-    second = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    first, _ = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    second, _ = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
     assert calls == [1]  # the second load came from disk
     assert first["train"]["input_ids"][:5] == second["train"]["input_ids"][:5]
     assert max(len(x) for x in first["train"]["input_ids"]) <= 32
@@ -37,7 +37,7 @@ def test_tokenization_is_cached_and_reused(fake_glue, tiny_tokenizer, tmp_path, 
 def test_sample_limits_take_the_first_examples(fake_glue, tiny_tokenizer, tmp_path):
     cfg = compose("model=tiny", f"data.glue_dir={fake_glue}", f"data.cache_dir={tmp_path}",
                   "data.max_train_samples=10", "data.max_eval_samples=7")
-    ds = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
+    ds, _ = load_tokenized(TASKS["mrpc"], cfg.data, tiny_tokenizer)
     assert len(ds["train"]) == 10 and len(ds["validation"]) == 7
     assert list(ds["train"]["idx"]) == list(range(10))
 

@@ -137,4 +137,5 @@ def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
     assert {"ce", "kd", "loss"} <= set(steps[0])
     # another seed is another teacher
     third = student("c", "seed=7")
-    assert third["teacher"]["reused"] is False and third["teacher"]["key"] != first["teacher"]["key"]
+    assert third["teacher"]["reused"] is False
+    assert third["teacher"]["key"] != first["teacher"]["key"]

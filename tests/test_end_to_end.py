@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cmift.runs import claim_run_dir, release_run_dir
 from cmift.train import run
 from conftest import REPO, compose
