@@ -10,14 +10,14 @@ written atomically, and only the last `keep` are kept.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+
+from cmift.runs import atomic_write
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -49,16 +49,7 @@ def save(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
     folder = run_dir / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=".step-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f), binary=True)
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -13,7 +13,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -24,20 +24,28 @@ PACKAGES = ("cmift", "torch", "transformers", "datasets", "tokenizers", "hydra-c
             "omegaconf", "numpy", "pandas", "safetensors", "rich")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file in the same folder, fsync, then rename over the target."""
+def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Write through `write(file)` to a temp file in the same folder, fsync, then rename over
+    `path`: a kill at any moment leaves the previous complete file, never a torn one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    def dump(f) -> None:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+
+    atomic_write(path, dump)
 
 
 def write_failed(folder: Path, cfg, overrides: list[str], error: str) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cmift.config import Config, config_hash
-from cmift.runs import METRICS_FILE, read_json
+from cmift.runs import METRICS_FILE, atomic_write, read_json
 
 log = logging.getLogger("cmift")
 LOGITS_FILE = "train_logits.npy"
@@ -69,10 +67,7 @@ def _ready(folder: Path) -> bool:
 
 
 def save_logits(folder: Path, logits: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".logits.", suffix=".npy", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, logits)
-    os.replace(tmp, folder / LOGITS_FILE)
+    atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
 
 
 def ensure_teacher(cfg: DictConfig, train_fn) -> Teacher:

@@ -30,6 +30,7 @@ from cmift.runs import (
     MANIFEST_FILE,
     METRICS_FILE,
     SCHEMA_VERSION,
+    atomic_write,
     manifest,
     setup_logging,
     write_json,
@@ -52,9 +53,8 @@ def write_predictions(run_dir: Path, task, predictions: dict) -> None:
             frame["prediction"] = [names[i] for i in preds]
             for k, name in enumerate(names):
                 frame[f"p_{name}"] = probs[:, k].round(6)
-        tmp = run_dir / f".predictions_{split}.tsv"
-        frame.to_csv(tmp, sep="\t", index=False)
-        tmp.replace(run_dir / f"predictions_{split}.tsv")
+        atomic_write(run_dir / f"predictions_{split}.tsv",
+                     lambda f, frame=frame: frame.to_csv(f, sep="\t", index=False))
 
 
 def save_weights(model, tokenizer, folder: Path) -> None:
