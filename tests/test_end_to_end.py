@@ -34,7 +34,11 @@ def test_cli_run_writes_metrics_manifest_predictions(glue_dir, tmp_path):
     for key in ("accuracy", "f1", "cmi", "gamma", "ncmi", "loss", "score"):
         assert 0 <= metrics["final"][key] < 10, key
     assert metrics["best"]["score"] >= metrics["final"]["score"]
-    assert metrics["steps"] == 20 and metrics["train_examples"] == 640
+    n_train = len((Path(glue_dir) / "MRPC" / "train.tsv").read_text().splitlines()) - 1
+    per_epoch = -(-n_train // 32)
+    sizes = [min(32, n_train - 32 * j) for j in range(per_epoch)]
+    assert metrics["steps"] == 20
+    assert metrics["train_examples"] == sum(sizes[k % per_epoch] for k in range(20))
     assert metrics["train_examples_per_second"] > 0 and metrics["train_seconds"] > 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["packages"]["torch"] and manifest["device"].startswith("cpu")
