@@ -32,6 +32,7 @@ table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under ou
 
 bench:      # benchmarks that print ratios against a peer measured in the same run
 	$(PYTHON) bench/summarize_runs.py
+	$(PYTHON) bench/trainer_throughput.py --glue-dir $(GLUE_DIR)
 
 lint:
 	$(PYTHON) -m ruff check cmift tests bench
