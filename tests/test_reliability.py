@@ -61,7 +61,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, obj
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_finishes(glue_dir, tmp_path):
-    args = [*TINY, "train.max_steps=400", "train.eval_every=100", f"data.glue_dir={glue_dir}",
+    args = [*TINY, "train.max_steps=160", "train.eval_every=80", f"data.glue_dir={glue_dir}",
             f"output_dir={tmp_path}/out"]
     proc = _start(args, tmp_path)
     deadline = time.time() + 300

@@ -104,3 +104,16 @@ def test_submitit_local_sweep(glue_dir, tmp_path):
                                   cwd=tmp_path))
     assert code == 0, err[-2000:]
     assert sorted(statuses(tmp_path / "out").values()) == ["ok", "ok"]
+
+
+def test_parallel_students_share_one_teacher(glue_dir, tmp_path):
+    code, out, err = finish(cmift("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                  "objective=kd", "distillation.temperature=1,4", *TINY,
+                                  f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out",
+                                  cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    students = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("metrics.json")
+                if "teachers" not in p.parts]
+    assert sorted(s["teacher"]["reused"] for s in students) == [False, True]
+    assert len({s["teacher"]["key"] for s in students}) == 1
+    assert len(list((tmp_path / "out" / "teachers").rglob("train_logits.npy"))) == 1
