@@ -36,7 +36,7 @@ from cmift.runs import (
     write_json,
 )
 from cmift.tasks import TASKS, load_raw, source_fingerprint
-from cmift.teacher import Teacher, ensure_teacher, save_logits
+from cmift.teacher import ensure_teacher, save_logits
 
 log = logging.getLogger("cmift")
 
@@ -139,14 +139,14 @@ def _train_teacher(tcfg: DictConfig, folder: Path) -> None:
     run(tcfg, folder, overrides=[], after_fit=store_logits)
 
 
-def _student(cfg, task, teacher: Teacher, vocab_size: int):
-    """(student model, its name): a named model config, or layers of the teacher backbone."""
+def _student(cfg, model_cfg, task, vocab_size: int):
+    """(student model, its name): the named student model (`model_cfg`), or layers of the
+    teacher backbone's pretrained weights (DistilBERT's recipe)."""
     if cfg.distillation.student:
-        student_cfg = load_model_config(cfg.distillation.student)
-        return load_model(student_cfg, task.num_labels, False, vocab_size), student_cfg.name
+        return load_model(model_cfg, task.num_labels, False, vocab_size), model_cfg.name
     backbone = load_model(cfg.model, task.num_labels, False, vocab_size)
     student, layers = keep_layers(backbone, cfg.distillation.student_layers)
-    return student, f"{cfg.model.name}-L{''.join(map(str, layers))}"
+    return student, f"{cfg.model.name}-L{'-'.join(map(str, layers))}"
 
 
 def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> None:
@@ -173,7 +173,7 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
     record["skipped_rows"] = {split: len(lines) for split, lines in skipped.items()}
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
     if teacher:
-        model, record["student"] = _student(cfg, task, teacher, len(tokenizer))
+        model, record["student"] = _student(cfg, model_cfg, task, len(tokenizer))
         if len(teacher.train_logits) != len(train):
             raise ConfigError(f"teacher {teacher.key} has logits for {len(teacher.train_logits)} "
                               f"training examples, the student sees {len(train)}")

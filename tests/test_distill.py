@@ -135,6 +135,10 @@ def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
     assert "reused" in (tmp_path / "b" / "run.log").read_text()
     steps = [json.loads(x) for x in (tmp_path / "b" / "steps.jsonl").read_text().splitlines()]
     assert {"ce", "kd", "loss"} <= set(steps[0])
+    # a named student model reuses the same teacher
+    named = student("d", "distillation.student=tiny")
+    assert named["student"] == "tiny" and named["status"] == "ok"
+    assert named["teacher"]["reused"] is True
     # another seed is another teacher
     third = student("c", "seed=7")
     assert third["teacher"]["reused"] is False
