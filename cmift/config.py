@@ -261,17 +261,42 @@ _PATH_OVERRIDES = ("task", "objective", "model", "seed")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
+def unused_keys(cfg) -> list[str]:
+    """Knobs this run's objective, distillation loss and model never read: a sweep such as
+    `objective=ce,min_cmi objective.lam=0.01,0.1` then runs ce once, not once per lam."""
+    unused = []
+    o, d = cfg["objective"], cfg["distillation"]
+    if o["name"] not in CMI_OBJECTIVES and o.get("teacher") != "max_cmi":
+        unused += ["objective.lam", "objective.beta", "objective.cmi"]
+    if not o.get("teacher"):
+        unused += ["objective.teacher"]
+    loss_knobs = {"kd": ("temperature", "alpha"), "ttm": ("gamma", "beta"),
+                  "wttm": ("gamma", "beta")}.get(d["name"], ())
+    unused += [f"distillation.{k}" for k in ("temperature", "alpha", "gamma", "beta")
+               if k not in loss_knobs]
+    if d["name"] == "none":
+        unused += ["distillation.student", "distillation.student_layers"]
+    if cfg["model"]["name_or_path"] != "tiny":
+        unused += ["model.tiny"]
+    return unused
+
+
+def _drop(container: dict, dotted: str) -> None:
+    node = container
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.get(p, {})
+    node.pop(leaf, None)
+
+
 def identity(cfg: DictConfig) -> dict:
-    """The resolved job config minus Hydra's node and the keys that cannot change results."""
+    """The resolved job config minus Hydra's node, the keys that cannot change results, and the
+    knobs the run does not use."""
     keys = [k for k in cfg.keys() if k != "hydra"]
     container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True,
                                        enum_to_str=True)
-    for dotted in NON_IDENTITY_KEYS:
-        node = container
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+    for dotted in (*NON_IDENTITY_KEYS, *unused_keys(container)):
+        _drop(container, dotted)
     return container
 
 
@@ -283,9 +308,11 @@ def config_hash(cfg: DictConfig) -> str:
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """`<task>/<objective>/<model>/seed=<seed>[,<other overrides>]-<hash>`."""
     kept = []
+    unused = tuple(unused_keys(cfg))
     for o in overrides:
         key = o.lstrip("+~").split("=", 1)[0]
-        if key in _PATH_OVERRIDES or key in NON_IDENTITY_KEYS or key.startswith("hydra"):
+        if (key in _PATH_OVERRIDES or key in NON_IDENTITY_KEYS or key.startswith("hydra")
+                or key.startswith(unused)):
             continue
         kept.append(o.lstrip("+~"))
     label = ",".join([f"seed={cfg.seed}", *sorted(kept)])

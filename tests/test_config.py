@@ -70,3 +70,19 @@ def test_run_name_is_readable_and_unique_per_config():
     assert config_hash(a) == config_hash(c)
     assert run_name(c, ["model.name_or_path=/a/b c"]).split("/")[3].startswith(
         "seed=3,model.name_or_path=_a_b_c-")
+
+
+def test_knobs_a_run_does_not_use_do_not_split_it():
+    """`-m objective=ce,min_cmi objective.lam=0.01,0.1` trains ce once, not once per lam."""
+    ce = [compose("objective=ce", f"objective.lam={v}") for v in (0.01, 0.1)]
+    assert config_hash(ce[0]) == config_hash(ce[1])
+    assert run_name(ce[0], ["objective=ce", "objective.lam=0.01"]) == \
+        run_name(ce[1], ["objective=ce", "objective.lam=0.1"])
+    cmi = [compose("objective=min_cmi", f"objective.lam={v}") for v in (0.01, 0.1)]
+    assert config_hash(cmi[0]) != config_hash(cmi[1])
+    # the teacher's lam matters to max_cmi_kd, the kd loss's temperature not to wttm
+    assert config_hash(compose("objective=max_cmi_kd", "objective.lam=0.1")) != \
+        config_hash(compose("objective=max_cmi_kd", "objective.lam=0.2"))
+    assert config_hash(compose("objective=kd", "distillation=wttm",
+                               "distillation.temperature=1")) == \
+        config_hash(compose("objective=kd", "distillation=wttm", "distillation.temperature=8"))
