@@ -78,7 +78,7 @@ def tokenize_splits(raw, tokenizer, max_length: int):
     return raw.map(encode, batched=True, remove_columns=text_cols, desc="tokenizing")
 
 
-def load_tokenized(task: GlueTask, data_cfg, tokenizer, raw=None, raw_skipped=None):
+def load_tokenized(task: GlueTask, data_cfg, tokenizer):
     """(tokenized DatasetDict, {split: skipped line numbers}), from the on-disk cache when
     present (else built and saved)."""
     from datasets import load_from_disk
@@ -89,9 +89,8 @@ def load_tokenized(task: GlueTask, data_cfg, tokenizer, raw=None, raw_skipped=No
         log.info("tokenized data: cache hit %s", folder)
         return load_from_disk(str(folder)), json.loads((folder / SKIPPED_FILE).read_text())
     log.info("tokenized data: building %s", folder)
-    skipped: dict = raw_skipped or {}
-    if raw is None:
-        raw = load_raw(task, data_cfg.glue_dir, data_cfg.skip_bad_rows, skipped)
+    skipped: dict = {}
+    raw = load_raw(task, data_cfg.glue_dir, data_cfg.skip_bad_rows, skipped)
     if skipped:
         log.warning("skipped malformed rows (data.skip_bad_rows=true): %s",
                     {k: len(v) for k, v in skipped.items()})

@@ -123,10 +123,12 @@ def no_grad_passes(forward: Forward, split: Split, collator: PadCollator, batch_
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for indices in eval_batches(split.lengths[:limit], batch_size):
-                batch = to_device(collator(indices), forward.device.device)
-                yield forward(batch), batch["labels"], indices
+        for indices in eval_batches(split.lengths[:limit], batch_size):
+            batch = to_device(collator(indices), forward.device.device)
+            # grad mode is per thread: hold it only around the forward, never across a yield
+            with torch.no_grad():
+                outputs = forward(batch)
+            yield outputs, batch["labels"], indices
     finally:
         model.train(was_training)
 

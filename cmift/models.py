@@ -54,7 +54,8 @@ def is_tiny(model_cfg) -> bool:
 
 
 def build_tiny_tokenizer(model_cfg, texts, cache_dir: Path, key: str):
-    """A WordPiece tokenizer trained on `texts` (the task's training text), saved in the cache."""
+    """A WordPiece tokenizer trained on `texts()` (the task's training text), saved in the
+    cache; `texts` is only called when the cache has no such tokenizer yet."""
     from transformers import BertTokenizerFast
 
     folder = cache_dir / "tokenizers" / f"tiny-{key}-v{model_cfg.tiny.vocab_size}"
@@ -67,7 +68,7 @@ def build_tiny_tokenizer(model_cfg, texts, cache_dir: Path, key: str):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, WordPieceTrainer(vocab_size=model_cfg.tiny.vocab_size,
+    tok.train_from_iterator(texts(), WordPieceTrainer(vocab_size=model_cfg.tiny.vocab_size,
                                                     special_tokens=SPECIAL_TOKENS))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(

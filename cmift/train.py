@@ -71,19 +71,18 @@ def prepare_data(cfg: DictConfig, model_cfg, task):
     """(tokenizer, train Split, {dev split name: Split}) for `model_cfg`'s tokenizer; the
     tokenization comes from the on-disk cache after the first run."""
     cache_dir = Path(cfg.data.cache_dir).expanduser()
-    raw = None
     if is_tiny(model_cfg):
-        raw_skipped: dict = {}
-        raw = load_raw(task, cfg.data.glue_dir, cfg.data.skip_bad_rows, raw_skipped)
-        columns = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
-        texts = [text for c in columns for text in raw["train"][c]]
+        def train_texts() -> list[str]:
+            train = load_raw(task, cfg.data.glue_dir, cfg.data.skip_bad_rows)["train"]
+            columns = [c for c in ("text_a", "text_b") if c in train.column_names]
+            return [text for c in columns for text in train[c]]
+
         key = hashlib.sha256(json.dumps(source_fingerprint(task, cfg.data.glue_dir)).encode())
         key = f"{task.name}-{key.hexdigest()[:12]}"
-        tokenizer = build_tiny_tokenizer(model_cfg, texts, cache_dir, key)
+        tokenizer = build_tiny_tokenizer(model_cfg, train_texts, cache_dir, key)
     else:
         tokenizer = load_tokenizer(model_cfg)
-    tokenized, skipped = load_tokenized(task, cfg.data, tokenizer, raw,
-                                        raw_skipped if raw is not None else None)
+    tokenized, skipped = load_tokenized(task, cfg.data, tokenizer)
     train = Split.from_dataset(tokenized["train"])
     dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
     return tokenizer, train, dev, skipped

@@ -14,7 +14,7 @@ def tiny_tokenizer(fake_glue, tmp_path):
     cfg = compose("model=tiny")
     raw = load_raw(TASKS["mrpc"], fake_glue)
     texts = [*raw["train"]["text_a"], *raw["train"]["text_b"]]
-    return build_tiny_tokenizer(cfg.model, texts, tmp_path, "fake")
+    return build_tiny_tokenizer(cfg.model, lambda: texts, tmp_path, "fake")
 
 
 def test_tokenization_is_cached_and_reused(fake_glue, tiny_tokenizer, tmp_path, monkeypatch):

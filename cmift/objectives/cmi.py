@@ -9,6 +9,8 @@ distribution chosen by `cmi.space` and Q the class centroids (cmift/centroids.py
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -71,11 +73,12 @@ class CMIObjective(Objective):
         return distribution(out, self.space, self.temperature, self.norm)
 
     def _fit(self, passes: Passes, limit) -> None:
-        pairs = [(self.r(out), y) for out, y in passes(limit)]
+        pairs = ((self.r(out), y) for out, y in passes(limit))  # streamed: K x N never held
+        first = next(pairs)
         if self.centroids is None:  # K is known once the model has produced an r
-            self.centroids = Centroids(self.n_classes, pairs[0][0].shape[-1], self.momentum,
-                                       device=pairs[0][0].device)
-        self.centroids.fit(pairs)
+            self.centroids = Centroids(self.n_classes, first[0].shape[-1], self.momentum,
+                                       device=first[0].device)
+        self.centroids.fit(itertools.chain([first], pairs))
 
     def setup(self, passes: Passes) -> None:
         self._fit(passes, self.init_samples)
