@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 
@@ -32,7 +33,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--eval", choices=["epoch", "end", "none"], default="epoch",
+                    help="evaluate on dev after every epoch, once after training, or never")
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="Trainer's length-grouped sampler (off in the run_glue recipe)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -74,18 +78,22 @@ def main() -> None:
             output_dir=tmp, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=128, learning_rate=args.lr, num_train_epochs=args.epochs,
             max_steps=args.max_steps, weight_decay=args.weight_decay, seed=args.seed,
-            eval_strategy="no" if args.no_eval else "epoch", save_strategy="no", report_to=[],
-            logging_strategy="no", disable_tqdm=True, bf16=torch.cuda.is_available())
+            eval_strategy="epoch" if args.eval == "epoch" else "no", save_strategy="no",
+            report_to=[], logging_strategy="no", disable_tqdm=True,
+            group_by_length=args.group_by_length, bf16=torch.cuda.is_available())
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
                           eval_dataset=data["validation"], compute_metrics=compute_metrics,
                           data_collator=DataCollatorWithPadding(tokenizer))
         start = time.perf_counter()
         train_out = trainer.train()
         seconds = time.perf_counter() - start
-        dev = {} if args.no_eval else trainer.evaluate()
+        dev = {} if args.eval == "none" else trainer.evaluate()
     result = {"peer": "hf_trainer", "task": args.task, "seed": args.seed,
               "train_seconds": seconds, "train_examples_per_second":
                   train_out.metrics["train_samples_per_second"],
+              "eval_examples_per_second": dev.get("eval_samples_per_second"),
+              "peak_memory_mb": {"host_rss": round(
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
               "dev": {k.removeprefix("eval_"): v for k, v in dev.items()}}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -99,6 +99,11 @@ class ObjectiveConfig:
     teacher: Optional[str] = None
 
 
+class TeacherLogits(str, Enum):
+    cached = "cached"  # the teacher's training-set logits, computed once after it trains
+    live = "live"  # a teacher forward pass on every student batch (slower; for comparison)
+
+
 @dataclass
 class DistillationConfig:
     name: str = "none"  # none | kd | ttm | wttm
@@ -110,6 +115,7 @@ class DistillationConfig:
     # made from the teacher backbone's pretrained weights by keeping `student_layers`.
     student: Optional[str] = None
     student_layers: Optional[list[int]] = None  # null = every other layer (DistilBERT's recipe)
+    teacher_logits: TeacherLogits = TeacherLogits.cached
 
 
 @dataclass
@@ -128,6 +134,9 @@ class TrainConfig:
     epochs: int = 3
     max_steps: Optional[int] = None  # optimiser steps; when set it overrides epochs
     batch_size: int = 32
+    # Batches of similar length (shuffled megabatches sorted by length): less padding, same
+    # examples per epoch. false = plain shuffled batches.
+    group_by_length: bool = True
     eval_batch_size: int = 128
     lr: float = 2e-5
     warmup_ratio: float = 0.0
@@ -256,7 +265,9 @@ def validate(cfg: DictConfig) -> None:
 # overrides) plus a hash of everything that can change its result. Different configs never
 # share a directory; the same config maps to the same one, which is what makes re-running a
 # command resume or skip it. Keys that cannot change the result are left out of the hash.
-NON_IDENTITY_KEYS = ("data.glue_dir", "data.cache_dir", "rerun", "threads", "output_dir")
+NON_IDENTITY_KEYS = ("data.glue_dir", "data.cache_dir", "rerun", "threads", "output_dir",
+                     "train.log_every", "train.save_every", "train.keep_checkpoints",
+                     "train.save_model", "distillation.teacher_logits")
 _PATH_OVERRIDES = ("task", "objective", "model", "seed")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
@@ -275,7 +286,8 @@ def unused_keys(cfg) -> list[str]:
     unused += [f"distillation.{k}" for k in ("temperature", "alpha", "gamma", "beta")
                if k not in loss_knobs]
     if d["name"] == "none":
-        unused += ["distillation.student", "distillation.student_layers"]
+        unused += ["distillation.student", "distillation.student_layers",
+                   "distillation.teacher_logits"]
     if cfg["model"]["name_or_path"] != "tiny":
         unused += ["model.tiny"]
     return unused

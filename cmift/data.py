@@ -167,10 +167,29 @@ class PadCollator:
         return batch
 
 
-def train_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """One epoch's shuffled batches (the last may be short), drawn from the run's generator."""
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+MEGABATCH = 50  # length grouping sorts runs of 50 batches, as HF's LengthGroupedSampler does
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
+                  group_by_length: bool = False) -> list[list[int]]:
+    """One epoch's shuffled batches (one may be short), drawn from the run's generator.
+
+    With `group_by_length`, the shuffled order is cut into megabatches of MEGABATCH batches,
+    each megabatch is sorted by length, cut into batches, and the batches are shuffled again:
+    batches hold examples of similar length, so dynamic padding pads little, while which
+    examples meet in a batch and the batch order stay random. Without it, this is exactly
+    `randperm` cut into consecutive batches."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    size = MEGABATCH * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        mega = np.asarray(order[start:start + size])
+        mega = mega[np.argsort(-lengths[mega], kind="stable")].tolist()  # ties keep random order
+        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:

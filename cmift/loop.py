@@ -114,19 +114,25 @@ class EvalResult:
     predictions: dict = field(default_factory=dict)  # split -> (idx, labels, preds, probs)
 
 
-def no_grad_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
-                   limit: Optional[int] = None) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
+def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
+                limit: Optional[int] = None, inference: bool = False
+                ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
     """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
     without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
-    these passes never change a run's random stream."""
+    these passes never change a run's random stream.
+
+    `inference=True` runs under torch.inference_mode (no autograd bookkeeping at all), for
+    outputs that only leave as NumPy; objectives' passes keep no_grad, because their state
+    (centroids) is later used by the loss and inference tensors cannot enter autograd."""
     model = forward.model
     was_training = model.training
     model.eval()
+    grad_off = torch.inference_mode if inference else torch.no_grad
     try:
         for indices in eval_batches(split.lengths[:limit], batch_size):
             batch = to_device(collator(indices), forward.device.device)
             # grad mode is per thread: hold it only around the forward, never across a yield
-            with torch.no_grad():
+            with grad_off():
                 outputs = forward(batch)
             yield outputs, batch["labels"], indices
     finally:
@@ -134,9 +140,9 @@ def no_grad_passes(forward: Forward, split: Split, collator: PadCollator, batch_
 
 
 def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int) -> np.ndarray:
-    """Logits for every example of `split`, in the split's order."""
+    """Logits for every example of `split`, in the split's order (under inference mode)."""
     out = None
-    for outputs, _, indices in no_grad_passes(forward, split, collator, batch_size):
+    for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True):
         logits = outputs.logits.float()
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
@@ -177,8 +183,11 @@ class FitResult:
     last: EvalResult
     steps: int
     epochs_done: float
-    train_seconds: float
+    train_seconds: float  # training wall time: steps plus the objective's passes
+    pass_seconds: float  # of which the objective's no-grad passes (CMI centroids)
     train_examples: int
+    eval_seconds: float
+    eval_examples: int
     forward: "Forward"  # the trained model behind the forward used in training
     pad_id: int
     skipped_steps: int = 0
@@ -249,6 +258,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
     train_collate = PadCollator(train, pad_id, task.is_regression)
     dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
     per_epoch, total = plan_steps(len(train), t)
+    train_lengths = train.lengths
     optimizer = make_optimizer(model, t, device)
     scheduler = linear_schedule(optimizer, int(t.warmup_ratio * total), total)
     scaler = torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None
@@ -258,6 +268,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
 
     evals: list[dict] = []
     step, epoch, examples, train_seconds, skipped = 0, 0, 0, 0.0, 0
+    timing = {"pass_seconds": 0.0, "eval_seconds": 0.0, "eval_examples": 0}
     last: Optional[EvalResult] = None
     # Where the data stream is: the generator before this epoch's shuffle, the batch position,
     # and the RNG state at the last optimiser-step boundary (what a Ctrl-C checkpoint saves).
@@ -271,6 +282,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                 "data": {"epoch": epoch, "position": position, "epoch_generator": epoch_gen,
                          "generator": generator.get_state()},
                 "step": step, "examples": examples, "train_seconds": train_seconds,
+                "timing": dict(timing),
                 "skipped_steps": skipped, "evals": evals}
 
     def checkpoint() -> None:
@@ -285,15 +297,18 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
 
     def run_eval() -> None:
         nonlocal last
+        start = time.perf_counter()
         last = evaluate(forward, task, dev, dev_collate, t.eval_batch_size)
+        timing["eval_seconds"] += time.perf_counter() - start
+        timing["eval_examples"] += sum(len(s) for s in dev.values())
         evals.append({"step": step, "epoch": round(step / per_epoch, 4), "dev": last.metrics})
         shown = ", ".join(f"{k} {v:.4f}" for k, v in last.metrics.items())
         log.info("eval step %d (epoch %.2f): %s", step, step / per_epoch, shown)
         on_eval(evals)
 
     def train_passes(limit: Optional[int]):
-        for outputs, labels, _ in no_grad_passes(forward, train, train_collate, t.eval_batch_size,
-                                                 limit):
+        for outputs, labels, _ in eval_passes(forward, train, train_collate, t.eval_batch_size,
+                                              limit):
             yield outputs, labels
 
     state = ckpt.latest(run_dir)
@@ -310,6 +325,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
         generator.set_state(d["generator"])
         step, examples, skipped = state["step"], state["examples"], state["skipped_steps"]
         train_seconds, evals = state["train_seconds"], list(state["evals"])
+        timing.update(state.get("timing", {}))
         ckpt.set_rng_state(state["rng"])
         boundary_rng = state["rng"]
         steps_log.truncate_after(step)
@@ -319,7 +335,9 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
         steps_log.truncate_after(0)
         setup_start = time.perf_counter()
         objective.setup(train_passes)
-        train_seconds += time.perf_counter() - setup_start
+        setup_seconds = time.perf_counter() - setup_start
+        train_seconds += setup_seconds
+        timing["pass_seconds"] += setup_seconds
     log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
              len(train), total, per_epoch, t.batch_size, t.grad_accum, t.lr)
 
@@ -336,12 +354,18 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                 if position == 0:  # a new epoch (else: resuming inside one)
                     epoch += 1
                     epoch_gen = generator.get_state()
-                    batches = train_batches(len(train), t.batch_size, generator)
+                    batches = train_batches(train_lengths, t.batch_size, generator,
+                                            t.group_by_length)
+                    pass_start = time.perf_counter()
                     objective.on_epoch_start(epoch, train_passes)
+                    pass_seconds = time.perf_counter() - pass_start
+                    train_seconds += pass_seconds
+                    timing["pass_seconds"] += pass_seconds
                 else:
                     after = generator.get_state()
                     generator.set_state(epoch_gen)
-                    batches = train_batches(len(train), t.batch_size, generator)
+                    batches = train_batches(train_lengths, t.batch_size, generator,
+                                            t.group_by_length)
                     generator.set_state(after)
                 # A plain generator, not a DataLoader: a DataLoader iterator draws a seed from the
                 # global RNG when created, which would shift dropout masks on resume.
@@ -423,4 +447,5 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
         log.warning("%d steps skipped for non-finite loss", skipped)
     return FitResult(evals=evals, last=last, steps=step, epochs_done=step / per_epoch,
                      train_seconds=train_seconds, train_examples=examples, forward=forward,
+                     **timing,
                      pad_id=pad_id, skipped_steps=skipped)

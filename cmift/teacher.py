@@ -21,6 +21,7 @@ from cmift.runs import METRICS_FILE, atomic_write, read_json
 
 log = logging.getLogger("cmift")
 LOGITS_FILE = "train_logits.npy"
+MODEL_DIR = "model"  # the teacher's weights, for distillation.teacher_logits=live
 TEACHERS_DIR = "teachers"
 
 
@@ -50,6 +51,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     if objective["name"] == "ce":
         objective.update(lam=0.0, beta=0.0, cmi={})
     values["distillation"] = {"name": "none"}
+    values["train"]["save_model"] = True  # a live-logits student loads the teacher's weights
     return OmegaConf.merge(OmegaConf.structured(Config), values)
 
 
@@ -63,7 +65,7 @@ def _ready(folder: Path) -> bool:
         ok = read_json(folder / METRICS_FILE).get("status") == "ok"
     except (OSError, ValueError):
         return False
-    return ok and (folder / LOGITS_FILE).is_file()
+    return ok and (folder / LOGITS_FILE).is_file() and (folder / MODEL_DIR).is_dir()
 
 
 def save_logits(folder: Path, logits: np.ndarray) -> None:

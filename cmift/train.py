@@ -57,6 +57,16 @@ def write_predictions(run_dir: Path, task, predictions: dict) -> None:
                      lambda f, frame=frame: frame.to_csv(f, sep="\t", index=False))
 
 
+def peak_memory_mb(device) -> dict:
+    """Peak memory of this process so far: host RSS, and CUDA memory allocated by torch."""
+    import resource
+
+    peak = {"host_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.device.type == "cuda":
+        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device.device) / 2**20, 1)
+    return peak
+
+
 def save_weights(model, tokenizer, folder: Path) -> None:
     """Final weights (safetensors), config and tokenizer, loadable with from_pretrained."""
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -148,6 +158,30 @@ def _student(cfg, model_cfg, task, vocab_size: int):
     return student, f"{cfg.model.name}-L{'-'.join(map(str, layers))}"
 
 
+def _teacher_source(cfg, teacher, tokenizer, device):
+    """What the student objective asks for each batch's teacher logits: the cached logits, or
+    (distillation.teacher_logits=live) the teacher model run on the batch."""
+    from cmift.data import tokenizer_fingerprint
+    from cmift.objectives.distill import CachedTeacher, LiveTeacher
+
+    if str(getattr(cfg.distillation.teacher_logits, "value", cfg.distillation.teacher_logits)) \
+            == "cached":
+        return CachedTeacher(torch.from_numpy(teacher.train_logits))
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cmift.loop import Forward
+    from cmift.teacher import MODEL_DIR
+
+    folder = teacher.run_dir / MODEL_DIR
+    if tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(folder))) != \
+            tokenizer_fingerprint(tokenizer):
+        raise ConfigError("distillation.teacher_logits=live is not allowed: the student's "
+                          "tokenizer differs from the teacher's; use cached")
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    model.to(device.device).eval()
+    return LiveTeacher(Forward(model, device, features=False))
+
+
 def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> None:
     import transformers
 
@@ -160,7 +194,6 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
         log.info("teacher %s %s: %s", teacher.key, "reused" if teacher.reused else "trained",
                  teacher.run_dir)
         record["teacher"] = teacher.summary()
-        context["teacher_logits"] = torch.from_numpy(teacher.train_logits)
         write_json(run_dir / METRICS_FILE, record)
     model_cfg = (load_model_config(cfg.distillation.student)
                  if teacher and cfg.distillation.student else cfg.model)
@@ -176,6 +209,7 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
         if len(teacher.train_logits) != len(train):
             raise ConfigError(f"teacher {teacher.key} has logits for {len(teacher.train_logits)} "
                               f"training examples, the student sees {len(train)}")
+        context["teacher"] = _teacher_source(cfg, teacher, tokenizer, device)
     else:
         model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
     objective = build_objective(cfg, task, **context)
@@ -207,6 +241,11 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
         train_examples=result.train_examples,
         train_seconds=round(result.train_seconds, 3),
         train_examples_per_second=round(result.train_examples / max(result.train_seconds, 1e-9), 2),
+        # the objective's no-grad passes (CMI centroids), included in train_seconds
+        pass_seconds=round(result.pass_seconds, 3),
+        eval_seconds=round(result.eval_seconds, 3),
+        eval_examples_per_second=round(result.eval_examples / max(result.eval_seconds, 1e-9), 2),
+        peak_memory_mb=peak_memory_mb(device),
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     write_predictions(run_dir, task, result.last.predictions)

@@ -59,10 +59,41 @@ def test_dynamic_padding_pads_to_longest_in_batch():
 
 
 def test_batches_are_seeded_and_cover_every_example():
-    a = train_batches(10, 4, torch.Generator().manual_seed(1))
-    b = train_batches(10, 4, torch.Generator().manual_seed(1))
+    lengths = np.arange(10)
+    a = train_batches(lengths, 4, torch.Generator().manual_seed(1))
+    b = train_batches(lengths, 4, torch.Generator().manual_seed(1))
     assert a == b and [len(x) for x in a] == [4, 4, 2]
     assert sorted(sum(a, [])) == list(range(10))
+
+
+def test_ungrouped_batches_are_randperm_cut_in_order():
+    """group_by_length=false keeps the data order of earlier versions: randperm, cut."""
+    order = torch.randperm(70, generator=torch.Generator().manual_seed(3)).tolist()
+    got = train_batches(np.ones(70, dtype=int), 32, torch.Generator().manual_seed(3), False)
+    assert got == [order[:32], order[32:64], order[64:]]
+
+
+def test_length_grouped_batches_pad_less_and_stay_random():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 120, size=5000)
+    padded = lambda bs: sum(lengths[b].max() * len(b) for b in bs)  # noqa: E731
+    plain = train_batches(lengths, 32, torch.Generator().manual_seed(1), False)
+    grouped = train_batches(lengths, 32, torch.Generator().manual_seed(1), True)
+    again = train_batches(lengths, 32, torch.Generator().manual_seed(1), True)
+    assert grouped == again  # seeded
+    assert sorted(sum(grouped, [])) == list(range(5000))  # each example once per epoch
+    assert sorted(map(len, grouped)) == sorted(map(len, plain))
+    assert padded(grouped) < 0.7 * padded(plain)  # lengths 10..120: ~1.6x less padding
+    spans = [lengths[b].max() - lengths[b].min() for b in grouped]
+    assert np.median(spans) <= 5
+    # the batch order is shuffled, not longest-to-shortest
+    maxima = [lengths[b].max() for b in grouped]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+    other = train_batches(lengths, 32, torch.Generator().manual_seed(2), True)
+    assert other != grouped
+
+
+def test_eval_batches_sort_by_length():
     split = Split(input_ids=[np.zeros(n) for n in (5, 1, 3)], token_type_ids=None,
                   labels=np.zeros(3), idx=np.arange(3))
     assert eval_batches(split.lengths, 2) == [[1, 2], [0]]

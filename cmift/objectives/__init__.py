@@ -67,7 +67,7 @@ def register(name: str):
 
 def build(cfg, task, **context) -> Objective:
     """The objective named by `objective.name`, from the run's config, the task and what the
-    run prepared for it (`teacher_logits` for distillation)."""
+    run prepared for it (`teacher` for distillation)."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
     return OBJECTIVES[cfg.objective.name](cfg, task, **context)

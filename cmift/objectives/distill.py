@@ -1,4 +1,4 @@
-"""`kd` and `max_cmi_kd`: a student trained on cached teacher logits with the `distillation` loss.
+"""`kd` and `max_cmi_kd`: a student trained on the teacher's logits with the `distillation` loss.
 
 The student loss is the same function for both objectives; only the teacher differs (trained
 with ce or with max_cmi; see cmift/teacher.py). Losses (METHOD.md, arXiv 2402.11148):
@@ -9,6 +9,8 @@ with ce or with max_cmi; see cmift/teacher.py). Losses (METHOD.md, arXiv 2402.11
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,21 +66,43 @@ def distillation_terms(name: str, d, z, v, y) -> dict[str, torch.Tensor]:
     raise ValueError(f"unknown distillation loss {name!r}")
 
 
+class CachedTeacher:
+    """The teacher's stored training-set logits, looked up by the batch's example indices: a
+    student step runs no teacher forward pass."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits  # (n_train, C), one row per training example in order
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        if self.logits.device != batch["index"].device:
+            self.logits = self.logits.to(batch["index"].device)
+        return self.logits[batch["index"]]
+
+
+class LiveTeacher:
+    """The teacher model run on every student batch (eval mode, no gradients): the usual way to
+    distil, kept so the saving of the cached logits can be measured (bench/)."""
+
+    def __init__(self, forward: Callable[[dict], Outputs]):
+        self.forward = forward  # cmift.loop.Forward around the teacher model, in eval mode
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward(batch).logits
+
+
 @register("kd")
 @register("max_cmi_kd")
 class Distillation(Objective):
-    """Student objective; the teacher's training-set logits arrive precomputed (one row per
-    training example, looked up by the batch's example indices: no teacher forward pass)."""
+    """Student objective: the `distillation` loss against the teacher's logits for the batch,
+    from a CachedTeacher (default) or a LiveTeacher."""
 
-    def __init__(self, cfg, task, teacher_logits: torch.Tensor | None = None, **_):
-        if teacher_logits is None:
-            raise ValueError("distillation objectives need the teacher's training-set logits")
+    def __init__(self, cfg, task, teacher: Callable[[dict], torch.Tensor] | None = None, **_):
+        if teacher is None:
+            raise ValueError("distillation objectives need a teacher (cached logits or a model)")
         self.d = cfg.distillation
-        self.teacher_logits = teacher_logits
+        self.teacher = teacher
 
     def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:
-        if self.teacher_logits.device != out.logits.device:
-            self.teacher_logits = self.teacher_logits.to(out.logits.device)
-        v = self.teacher_logits[batch["index"]]
+        v = self.teacher(batch)
         return distillation_terms(self.d.name, self.d, out.logits, v, batch["labels"])
-

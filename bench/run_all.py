@@ -1,0 +1,295 @@
+"""`make bench`: every performance measurement of cmift, written to docs/PERFORMANCE.md.
+
+Training measurements run one process each, in alternating order (odd rounds in list order,
+even rounds reversed), all on the same model (minilm_l6), data (real MRPC train, first N
+examples), batch size 32, max length 128 and number of steps (one epoch). Each process reports
+its own training time (model loading and tokenization excluded), evaluation examples/s on the
+whole MRPC dev set, and its peak memory. Ratios are taken between medians of the same run.
+
+  python bench/run_all.py --glue-dir ../shared/glue [--samples 1024] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from summarize_runs import make_runs  # noqa: E402
+
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass
+class Measurement:
+    name: str
+    kind: str  # "cmift" | "trainer"
+    args: list[str]
+    results: list[dict] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return median(r[key] for r in self.results)
+
+
+MEASUREMENTS = [
+    Measurement("cmift ce", "cmift", ["objective=ce"]),
+    Measurement("HF Trainer (run_glue recipe)", "trainer", []),
+    Measurement("cmift ce, group_by_length=false", "cmift",
+                ["objective=ce", "train.group_by_length=false"]),
+    Measurement("HF Trainer, group_by_length=True", "trainer", ["--group-by-length"]),
+    Measurement("cmift min_cmi, output space", "cmift",
+                ["objective=min_cmi", "objective.cmi.space=output"]),
+    Measurement("cmift min_cmi, feature space", "cmift", ["objective=min_cmi"]),
+    Measurement("kd student, cached teacher logits", "student", ["objective=kd"]),
+    Measurement("kd student, live teacher", "student",
+                ["objective=kd", "distillation.teacher_logits=live"]),
+]
+
+
+def cmift_command(args, overrides: list[str], out: Path) -> list[str]:
+    return [sys.executable, "-m", "cmift", "task=mrpc", "model=minilm_l6",
+            f"data.glue_dir={args.glue_dir}", f"data.max_train_samples={args.samples}",
+            "train.epochs=1", "train.save_model=false", f"train.batch_size={args.batch_size}",
+            f"output_dir={out}", "rerun=true", *overrides]
+
+
+def run_checked(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE)
+    if proc.returncode:
+        sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n"
+                 f"{proc.stderr[-3000:]}")
+
+
+def student_metrics(out: Path) -> dict:
+    (path,) = [p for p in out.rglob("metrics.json") if "teachers" not in p.parts]
+    return json.loads(path.read_text())
+
+
+def measure(m: Measurement, args, work: Path) -> dict:
+    """One process; returns its train / eval examples per second, step time and peak memory."""
+    if m.kind == "trainer":
+        result = work / "hf.json"
+        run_checked([sys.executable, str(REPO / "bench" / "hf_run_glue.py"), "--task", "mrpc",
+                     "--glue-dir", args.glue_dir, "--max-train-samples", str(args.samples),
+                     "--epochs", "1", "--batch-size", str(args.batch_size), "--eval", "end",
+                     "--out", str(result), *m.args])
+        r = json.loads(result.read_text())
+        steps = -(-args.samples // args.batch_size)
+        return {"train_eps": r["train_examples_per_second"],
+                "step_ms": 1000 * r["train_seconds"] / steps, "pass_s": 0.0,
+                "eval_eps": r["eval_examples_per_second"],
+                "rss_mb": r["peak_memory_mb"]["host_rss"]}
+    # students share one teacher (trained before the rounds); other runs start from nothing
+    out = work / "distil" if m.kind == "student" else work / "run"
+    run_checked(cmift_command(args, m.args, out))
+    r = student_metrics(out)
+    shutil.rmtree(out / "mrpc")  # the run, not the shared teacher
+    return {"train_eps": r["train_examples_per_second"],
+            "step_ms": 1000 * (r["train_seconds"] - r["pass_seconds"]) / r["steps"],
+            "pass_s": r["pass_seconds"], "eval_eps": r["eval_examples_per_second"],
+            "rss_mb": r["peak_memory_mb"]["host_rss"]}
+
+
+def wall_time(cmd: list[str], repeats: int, ok_codes=(0,)) -> float:
+    """Median wall seconds from process start to exit."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE)
+        times.append(time.perf_counter() - start)
+        if proc.returncode not in ok_codes:
+            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return median(times)
+
+
+def console_script(name: str, module_call: str) -> list[str]:
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, "-c", module_call]
+
+
+def cli_timings(repeats: int) -> dict[str, float]:
+    cmift = console_script("cmift", "from cmift.cli import main; main()")
+    return {
+        "python -c pass (interpreter start, reference)": wall_time([sys.executable, "-c", "pass"],
+                                                                   repeats),
+        "cmift --help": wall_time([*cmift, "--help"], repeats),
+        "cmift task=nope (config error, exit 2)": wall_time([*cmift, "task=nope"], repeats,
+                                                            ok_codes=(2,)),
+    }
+
+
+def summary_timings(work: Path, runs: int, repeats: int) -> dict[str, float]:
+    root = work / "runs"
+    make_runs(root, runs)
+    table = console_script("cmift-table", "from cmift.cli import table_main; table_main()")
+    return {
+        f"cmift-table on {runs} runs (tables and plots)": wall_time([*table, str(root)], repeats),
+        f"cmift-table on {runs} runs --no-plots": wall_time([*table, str(root), "--no-plots"],
+                                                            repeats),
+    }
+
+
+# ----- the report -------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    import datasets
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{mem_kb / 2**20:.0f} GiB"
+    except OSError:
+        memory = "?"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip() or "?"
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": f"{cpu}, {os.cpu_count()} cores",
+            "memory": memory, "gpu": gpu, "torch threads": str(torch.get_num_threads()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "cmift commit": commit}
+
+
+def goal_rows(by_name: dict[str, Measurement], cli: dict, summary: dict) -> list[list[str]]:
+    def eps(name):
+        return by_name[name].median("train_eps")
+
+    def step(name):
+        return by_name[name].median("step_ms")
+
+    rows = []
+
+    def add(goal, value, target, met):
+        rows.append([goal, value, target, "met" if met else "**not met**"])
+
+    ratio = eps("cmift ce") / eps("HF Trainer (run_glue recipe)")
+    add("cmift ce / HF Trainer, training examples/s", f"{ratio:.2f}x", ">= 1.2x", ratio >= 1.2)
+    for space, limit in (("output", 5), ("feature", 10)):
+        over = 100 * (step(f"cmift min_cmi, {space} space") / step("cmift ce") - 1)
+        add(f"min_cmi ({space} space) step-time overhead vs ce", f"{over:+.1f}%",
+            f"<= {limit}%", over <= limit)
+    kd = eps("kd student, cached teacher logits") / eps("kd student, live teacher")
+    add("kd student: cached / live teacher, training examples/s", f"{kd:.2f}x", ">= 1.4x",
+        kd >= 1.4)
+    for name, seconds in cli.items():
+        if name.startswith("cmift"):
+            add(f"`{name}` wall time", f"{seconds:.2f} s", "< 1.5 s", seconds < 1.5)
+    for name, seconds in summary.items():
+        add(f"`{name}` wall time", f"{seconds:.2f} s", "< 5 s", seconds < 5)
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def report(args, measurements, cli, summary) -> str:
+    by_name = {m.name: m for m in measurements}
+    info = machine()
+    ce_step = by_name["cmift ce"].median("step_ms")
+    train_rows = []
+    for m in measurements:
+        per_round = ", ".join(f"{r['train_eps']:.1f}" for r in m.results)
+        train_rows.append([
+            m.name, f"{m.median('train_eps'):.2f}", per_round, f"{m.median('step_ms'):.0f}",
+            f"{100 * (m.median('step_ms') / ce_step - 1):+.1f}%",
+            f"{m.median('pass_s'):.1f}", f"{m.median('eval_eps'):.1f}",
+            f"{m.median('rss_mb'):.0f}"])
+    parts = [
+        "# cmift performance",
+        "",
+        f"Written by `make bench` (bench/run_all.py) on {info['date']}. Every number below was "
+        "measured in that one run; ratios compare medians of the same run.",
+        "",
+        markdown_table(["", ""], [[k, v] for k, v in info.items()]),
+        "",
+        "## Goals",
+        "",
+        markdown_table(["goal", "measured", "target", ""], goal_rows(by_name, cli, summary)),
+        "",
+        "## Training and evaluation",
+        "",
+        f"MiniLM-L6 (all-MiniLM-L6-v2), real MRPC train, first {args.samples} examples, batch "
+        f"{args.batch_size}, max length 128, one epoch ({-(-args.samples // args.batch_size)} "
+        f"optimiser steps), dynamic padding everywhere, fp32. {args.rounds} rounds; one process "
+        "per measurement; odd rounds run the rows top to bottom, even rounds bottom to top. "
+        "Training time excludes model loading and tokenization and includes the objective's "
+        "no-grad passes (min_cmi's centroid initialisation over the training set, shown "
+        "separately; step time excludes it). Evaluation is the whole MRPC dev set (408 "
+        "examples) after training. kd students are layers 0, 2, 4 of MiniLM-L6, distilled "
+        "from a MiniLM-L6 ce teacher trained once before the rounds on the same examples.",
+        "",
+        markdown_table(["measurement", "train ex/s (median)", "per round", "step ms",
+                        "step vs ce", "no-grad passes s", "eval ex/s", "peak RSS MB"],
+                       train_rows),
+        "",
+        "## Command line",
+        "",
+        f"Wall time from process start to exit, median of {args.repeats}.",
+        "",
+        markdown_table(["command", "seconds"], [[k, f"{v:.2f}"] for k, v in
+                                                {**cli, **summary}.items()]),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or
+                    str(REPO.parent / "shared" / "glue"))
+    ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="for the command-line timings")
+    ap.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"))
+    args = ap.parse_args()
+    if not (Path(args.glue_dir) / "MRPC" / "train.tsv").is_file():
+        sys.exit(f"--glue-dir {args.glue_dir!r} has no MRPC/train.tsv (the GLUE TSV layout)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print("command-line timings ...", flush=True)
+        cli = cli_timings(args.repeats)
+        summary = summary_timings(work, 1000, max(1, args.repeats // 2))
+        print("training the kd teacher (not timed) ...", flush=True)
+        run_checked(cmift_command(args, ["objective=kd"], work / "distil"))
+        shutil.rmtree(work / "distil" / "mrpc")
+        for r in range(args.rounds):
+            order = MEASUREMENTS if r % 2 == 0 else MEASUREMENTS[::-1]
+            for m in order:
+                result = measure(m, args, work)
+                m.results.append(result)
+                print(f"round {r + 1} {m.name:38s} train {result['train_eps']:6.2f} ex/s, "
+                      f"step {result['step_ms']:5.0f} ms, eval {result['eval_eps']:6.1f} ex/s, "
+                      f"RSS {result['rss_mb']:.0f} MB", flush=True)
+    text = report(args, MEASUREMENTS, cli, summary)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_text(text)
+    tmp_out.replace(out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
