@@ -30,9 +30,8 @@ smoke:      # a 20-step tiny-model run, seconds
 table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under outputs/
 	$(PYTHON) -c "from cmift.cli import table_main; table_main()" outputs
 
-bench:      # benchmarks that print ratios against a peer measured in the same run
-	$(PYTHON) bench/summarize_runs.py
-	$(PYTHON) bench/trainer_throughput.py --glue-dir $(GLUE_DIR)
+bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~20 min)
+	$(PYTHON) bench/run_all.py --glue-dir $(GLUE_DIR)
 
 lint:
 	$(PYTHON) -m ruff check cmift tests bench

@@ -80,7 +80,8 @@ def main() -> None:
             max_steps=args.max_steps, weight_decay=args.weight_decay, seed=args.seed,
             eval_strategy="epoch" if args.eval == "epoch" else "no", save_strategy="no",
             report_to=[], logging_strategy="no", disable_tqdm=True,
-            group_by_length=args.group_by_length, bf16=torch.cuda.is_available())
+            train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+            bf16=torch.cuda.is_available())
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
                           eval_dataset=data["validation"], compute_metrics=compute_metrics,
                           data_collator=DataCollatorWithPadding(tokenizer))

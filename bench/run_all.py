@@ -27,6 +27,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
+from gpu_bert_base import SECTION as GPU_SECTION  # noqa: E402
 from summarize_runs import make_runs  # noqa: E402
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -89,7 +90,7 @@ def measure(m: Measurement, args, work: Path) -> dict:
         r = json.loads(result.read_text())
         steps = -(-args.samples // args.batch_size)
         return {"train_eps": r["train_examples_per_second"],
-                "step_ms": 1000 * r["train_seconds"] / steps, "pass_s": 0.0,
+                "step_ms": 1000 * r["train_seconds"] / steps, "pass_s": 0.0, "tokens": None,
                 "eval_eps": r["eval_examples_per_second"],
                 "rss_mb": r["peak_memory_mb"]["host_rss"]}
     # students share one teacher (trained before the rounds); other runs start from nothing
@@ -100,6 +101,7 @@ def measure(m: Measurement, args, work: Path) -> dict:
     return {"train_eps": r["train_examples_per_second"],
             "step_ms": 1000 * (r["train_seconds"] - r["pass_seconds"]) / r["steps"],
             "pass_s": r["pass_seconds"], "eval_eps": r["eval_examples_per_second"],
+            "tokens": r["train_tokens"] / r["train_examples"],
             "rss_mb": r["peak_memory_mb"]["host_rss"]}
 
 
@@ -186,6 +188,11 @@ def goal_rows(by_name: dict[str, Measurement], cli: dict, summary: dict) -> list
         over = 100 * (step(f"cmift min_cmi, {space} space") / step("cmift ce") - 1)
         add(f"min_cmi ({space} space) step-time overhead vs ce", f"{over:+.1f}%",
             f"<= {limit}%", over <= limit)
+    for ours, peer, what in (
+            ("cmift ce, group_by_length=false", "HF Trainer (run_glue recipe)", "both plain"),
+            ("cmift ce", "HF Trainer, group_by_length=True", "both length-grouped")):
+        rows.append([f"cmift ce / HF Trainer, {what} batches (same work per step)",
+                     f"{eps(ours) / eps(peer):.2f}x", "(for reference)", ""])
     kd = eps("kd student, cached teacher logits") / eps("kd student, live teacher")
     add("kd student: cached / live teacher, training examples/s", f"{kd:.2f}x", ">= 1.4x",
         kd >= 1.4)
@@ -212,7 +219,9 @@ def report(args, measurements, cli, summary) -> str:
         train_rows.append([
             m.name, f"{m.median('train_eps'):.2f}", per_round, f"{m.median('step_ms'):.0f}",
             f"{100 * (m.median('step_ms') / ce_step - 1):+.1f}%",
-            f"{m.median('pass_s'):.1f}", f"{m.median('eval_eps'):.1f}",
+            f"{m.median('pass_s'):.1f}",
+            "-" if m.results[0]["tokens"] is None else f"{m.median('tokens'):.1f}",
+            f"{m.median('eval_eps'):.1f}",
             f"{m.median('rss_mb'):.0f}"])
     parts = [
         "# cmift performance",
@@ -239,7 +248,8 @@ def report(args, measurements, cli, summary) -> str:
         "from a MiniLM-L6 ce teacher trained once before the rounds on the same examples.",
         "",
         markdown_table(["measurement", "train ex/s (median)", "per round", "step ms",
-                        "step vs ce", "no-grad passes s", "eval ex/s", "peak RSS MB"],
+                        "step vs ce", "no-grad passes s", "padded tokens / example",
+                        "eval ex/s", "peak RSS MB"],
                        train_rows),
         "",
         "## Command line",
@@ -251,6 +261,18 @@ def report(args, measurements, cli, summary) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def gpu_section(path: Path) -> str:
+    """The GPU section already in the report (written by bench/gpu_bert_base.py), kept as is."""
+    old = path.read_text() if path.is_file() else ""
+    start = old.find(f"\n{GPU_SECTION}")
+    if start >= 0:
+        end = old.find("\n## ", start + 1)
+        return old[start + 1:end if end >= 0 else None]
+    return (f"{GPU_SECTION}\n\nNot measured yet: no CUDA device was available. On one, run "
+            "`python bench/gpu_bert_base.py` (BERT-base on MRPC: examples/s and MFU against the "
+            "card's bf16 peak); it fills in this section.\n")
 
 
 def main() -> None:
@@ -282,8 +304,8 @@ def main() -> None:
                 print(f"round {r + 1} {m.name:38s} train {result['train_eps']:6.2f} ex/s, "
                       f"step {result['step_ms']:5.0f} ms, eval {result['eval_eps']:6.1f} ex/s, "
                       f"RSS {result['rss_mb']:.0f} MB", flush=True)
-    text = report(args, MEASUREMENTS, cli, summary)
     out = Path(args.out)
+    text = report(args, MEASUREMENTS, cli, summary) + "\n" + gpu_section(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_text(text)

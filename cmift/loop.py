@@ -188,6 +188,7 @@ class FitResult:
     train_examples: int
     eval_seconds: float
     eval_examples: int
+    train_tokens: int  # padded: batch width x batch size, summed over steps
     forward: "Forward"  # the trained model behind the forward used in training
     pad_id: int
     skipped_steps: int = 0
@@ -268,7 +269,8 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
 
     evals: list[dict] = []
     step, epoch, examples, train_seconds, skipped = 0, 0, 0, 0.0, 0
-    timing = {"pass_seconds": 0.0, "eval_seconds": 0.0, "eval_examples": 0}
+    # pass and eval time, and the padded tokens the training steps processed
+    timing = {"pass_seconds": 0.0, "eval_seconds": 0.0, "eval_examples": 0, "train_tokens": 0}
     last: Optional[EvalResult] = None
     # Where the data stream is: the generator before this epoch's shuffle, the batch position,
     # and the RNG state at the last optimiser-step boundary (what a Ctrl-C checkpoint saves).
@@ -379,6 +381,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                     loss = terms["loss"] / t.grad_accum
                     (scaler.scale(loss) if scaler else loss).backward()
                     examples += len(cpu_batch["labels"])
+                    timing["train_tokens"] += cpu_batch["input_ids"].numel()
                     interval_examples += len(cpu_batch["labels"])
                     if (i + 1) % t.grad_accum and i + 1 != len(batches):
                         continue

@@ -243,6 +243,7 @@ def _train(cfg, task, device, run_dir: Path, record: dict, after_fit=None) -> No
         train_examples_per_second=round(result.train_examples / max(result.train_seconds, 1e-9), 2),
         # the objective's no-grad passes (CMI centroids), included in train_seconds
         pass_seconds=round(result.pass_seconds, 3),
+        train_tokens=result.train_tokens,  # padded tokens the steps processed
         eval_seconds=round(result.eval_seconds, 3),
         eval_examples_per_second=round(result.eval_examples / max(result.eval_seconds, 1e-9), 2),
         peak_memory_mb=peak_memory_mb(device),

@@ -1,0 +1,40 @@
+"""The benchmark report's plumbing: the GPU section survives a CPU re-run and is replaced by a
+GPU run, leaving the rest of docs/PERFORMANCE.md alone."""
+
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+from gpu_bert_base import peak_tflops, replace_section  # noqa: E402
+from run_all import gpu_section  # noqa: E402
+
+REPORT = "# cmift performance\n\n## Goals\n\ngoals\n\n## GPU\n\nold gpu\n\n## Later\n\nlater\n"
+
+
+def test_gpu_run_replaces_only_its_section(tmp_path):
+    path = tmp_path / "PERFORMANCE.md"
+    path.write_text(REPORT)
+    replace_section(path, "## GPU\n\nnew gpu\n")
+    assert path.read_text() == REPORT.replace("old gpu", "new gpu")
+
+
+def test_gpu_section_is_appended_when_missing(tmp_path):
+    path = tmp_path / "PERFORMANCE.md"
+    path.write_text("# cmift performance\n\n## Goals\n\ngoals\n")
+    replace_section(path, "## GPU\n\nnew gpu\n")
+    assert path.read_text().endswith("goals\n\n## GPU\n\nnew gpu\n")
+
+
+def test_cpu_report_keeps_the_measured_gpu_section(tmp_path):
+    path = tmp_path / "PERFORMANCE.md"
+    path.write_text(REPORT)
+    assert gpu_section(path) == "## GPU\n\nold gpu\n"
+    assert "Not measured yet" in gpu_section(tmp_path / "missing.md")
+
+
+def test_bf16_peaks_by_device_name():
+    assert peak_tflops("NVIDIA H200") == 989.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("Tesla T4") is None
