@@ -30,7 +30,7 @@ smoke:      # a 20-step tiny-model run, seconds
 table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under outputs/
 	$(PYTHON) -c "from cmift.cli import table_main; table_main()" outputs
 
-bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~20 min)
+bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~30 min)
 	$(PYTHON) bench/run_all.py --glue-dir $(GLUE_DIR)
 
 lint:

@@ -74,9 +74,20 @@ def run_checked(cmd: list[str]) -> None:
                  f"{proc.stderr[-3000:]}")
 
 
-def student_metrics(out: Path) -> dict:
+WARMUP_STEPS = 8  # the first steps pay one-time costs (allocations, kernel set-up)
+
+
+def run_record(out: Path) -> tuple[dict, list[dict]]:
+    """(metrics.json, steps.jsonl rows) of the one run under `out` (the teacher left out)."""
     (path,) = [p for p in out.rglob("metrics.json") if "teachers" not in p.parts]
-    return json.loads(path.read_text())
+    steps = [json.loads(x) for x in (path.parent / "steps.jsonl").read_text().splitlines()]
+    return json.loads(path.read_text()), steps
+
+
+def steady_step_ms(steps: list[dict]) -> float:
+    """Mean step time after the warm-up steps, from the steps' training-time stamps."""
+    done = steps[WARMUP_STEPS - 1]
+    return 1000 * (steps[-1]["seconds"] - done["seconds"]) / (steps[-1]["step"] - done["step"])
 
 
 def measure(m: Measurement, args, work: Path) -> dict:
@@ -90,16 +101,18 @@ def measure(m: Measurement, args, work: Path) -> dict:
         r = json.loads(result.read_text())
         steps = -(-args.samples // args.batch_size)
         return {"train_eps": r["train_examples_per_second"],
-                "step_ms": 1000 * r["train_seconds"] / steps, "pass_s": 0.0, "tokens": None,
+                "step_ms": 1000 * r["train_seconds"] / steps, "steady_ms": None, "pass_s": 0.0,
+                "tokens": None,
                 "eval_eps": r["eval_examples_per_second"],
                 "rss_mb": r["peak_memory_mb"]["host_rss"]}
     # students share one teacher (trained before the rounds); other runs start from nothing
     out = work / "distil" if m.kind == "student" else work / "run"
     run_checked(cmift_command(args, m.args, out))
-    r = student_metrics(out)
+    r, steps = run_record(out)
     shutil.rmtree(out / "mrpc")  # the run, not the shared teacher
     return {"train_eps": r["train_examples_per_second"],
             "step_ms": 1000 * (r["train_seconds"] - r["pass_seconds"]) / r["steps"],
+            "steady_ms": steady_step_ms(steps),
             "pass_s": r["pass_seconds"], "eval_eps": r["eval_examples_per_second"],
             "tokens": r["train_tokens"] / r["train_examples"],
             "rss_mb": r["peak_memory_mb"]["host_rss"]}
@@ -175,7 +188,7 @@ def goal_rows(by_name: dict[str, Measurement], cli: dict, summary: dict) -> list
         return by_name[name].median("train_eps")
 
     def step(name):
-        return by_name[name].median("step_ms")
+        return by_name[name].median("steady_ms")
 
     rows = []
 
@@ -186,8 +199,12 @@ def goal_rows(by_name: dict[str, Measurement], cli: dict, summary: dict) -> list
     add("cmift ce / HF Trainer, training examples/s", f"{ratio:.2f}x", ">= 1.2x", ratio >= 1.2)
     for space, limit in (("output", 5), ("feature", 10)):
         over = 100 * (step(f"cmift min_cmi, {space} space") / step("cmift ce") - 1)
-        add(f"min_cmi ({space} space) step-time overhead vs ce", f"{over:+.1f}%",
-            f"<= {limit}%", over <= limit)
+        add(f"min_cmi ({space} space) step-time overhead vs ce (steps {WARMUP_STEPS + 1}+)",
+            f"{over:+.1f}%", f"<= {limit}%", over <= limit)
+    for space in ("output", "feature"):
+        total = 100 * (eps("cmift ce") / eps(f"cmift min_cmi, {space} space") - 1)
+        rows.append([f"min_cmi ({space} space) whole-run time vs ce, centroid init pass included",
+                     f"{total:+.1f}%", "(for reference)", ""])
     for ours, peer, what in (
             ("cmift ce, group_by_length=false", "HF Trainer (run_glue recipe)", "both plain"),
             ("cmift ce", "HF Trainer, group_by_length=True", "both length-grouped")):
@@ -212,13 +229,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def report(args, measurements, cli, summary) -> str:
     by_name = {m.name: m for m in measurements}
     info = machine()
-    ce_step = by_name["cmift ce"].median("step_ms")
+    ce_steady = by_name["cmift ce"].median("steady_ms")
     train_rows = []
     for m in measurements:
         per_round = ", ".join(f"{r['train_eps']:.1f}" for r in m.results)
+        steady = None if m.results[0]["steady_ms"] is None else m.median("steady_ms")
         train_rows.append([
             m.name, f"{m.median('train_eps'):.2f}", per_round, f"{m.median('step_ms'):.0f}",
-            f"{100 * (m.median('step_ms') / ce_step - 1):+.1f}%",
+            "-" if steady is None else f"{steady:.0f}",
+            "-" if steady is None else f"{100 * (steady / ce_steady - 1):+.1f}%",
             f"{m.median('pass_s'):.1f}",
             "-" if m.results[0]["tokens"] is None else f"{m.median('tokens'):.1f}",
             f"{m.median('eval_eps'):.1f}",
@@ -243,13 +262,16 @@ def report(args, measurements, cli, summary) -> str:
         "per measurement; odd rounds run the rows top to bottom, even rounds bottom to top. "
         "Training time excludes model loading and tokenization and includes the objective's "
         "no-grad passes (min_cmi's centroid initialisation over the training set, shown "
-        "separately; step time excludes it). Evaluation is the whole MRPC dev set (408 "
+        "separately; step time excludes it). The step time after the first "
+        f"{WARMUP_STEPS} steps, from the steps' time stamps in steps.jsonl, leaves out one-time "
+        "set-up costs (which min_cmi pays in its init pass, before its first step); the min_cmi "
+        "goals use it. Evaluation is the whole MRPC dev set (408 "
         "examples) after training. kd students are layers 0, 2, 4 of MiniLM-L6, distilled "
         "from a MiniLM-L6 ce teacher trained once before the rounds on the same examples.",
         "",
         markdown_table(["measurement", "train ex/s (median)", "per round", "step ms",
-                        "step vs ce", "no-grad passes s", "padded tokens / example",
-                        "eval ex/s", "peak RSS MB"],
+                        f"step ms, steps {WARMUP_STEPS + 1}+", "vs ce", "no-grad passes s",
+                        "padded tokens / example", "eval ex/s", "peak RSS MB"],
                        train_rows),
         "",
         "## Command line",
@@ -281,7 +303,7 @@ def main() -> None:
                     str(REPO.parent / "shared" / "glue"))
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="for the command-line timings")
     ap.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"))
     args = ap.parse_args()

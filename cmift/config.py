@@ -150,6 +150,9 @@ class TrainConfig:
     save_model: bool = True  # final weights in <run dir>/model/ (safetensors)
     nan_policy: NanPolicy = NanPolicy.fail
     precision: Precision = Precision.auto
+    # AdamW's fused kernel on CPU and CUDA (HF Trainer's default too); false = torch's foreach
+    # implementation, which cmift used on CPU before (same maths, different rounding).
+    fused_adamw: bool = True
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8

@@ -94,8 +94,11 @@ def make_optimizer(model, t, device: Device) -> torch.optim.Optimizer:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": t.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel updates every parameter in one pass (on MiniLM-L6 on a CPU: ~13 ms a step
+    # against ~70-150 ms for the foreach one); HF Trainer uses it by default too.
+    fused = t.fused_adamw and device.device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                             fused=device.device.type == "cuda")
+                             fused=fused)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -207,10 +210,13 @@ class StepLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.pending: list[tuple[int, int, dict]] = []
+        self.pending: list[tuple[int, int, dict, float, float]] = []
 
-    def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor], lr: float) -> None:
-        self.pending.append((step, epoch, {k: v.detach() for k, v in terms.items()}, lr))
+    def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor], lr: float,
+            seconds: float) -> None:
+        """`seconds`: training time so far (host clock; on a GPU, when the step was queued)."""
+        self.pending.append((step, epoch, {k: v.detach() for k, v in terms.items()}, lr,
+                             round(seconds, 4)))
 
     def flush(self) -> dict[str, float]:
         """Write pending steps; return the mean of each term over them."""
@@ -218,10 +224,10 @@ class StepLog:
             return {}
         names = list(self.pending[0][2])
         values = torch.stack([torch.stack([t[k].float() for k in names])
-                              for _, _, t, _ in self.pending]).cpu().tolist()
+                              for _, _, t, _, _ in self.pending]).cpu().tolist()
         with open(self.path, "a") as f:
-            for (step, epoch, _, lr), row in zip(self.pending, values):
-                f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr,
+            for (step, epoch, _, lr, seconds), row in zip(self.pending, values):
+                f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr, "seconds": seconds,
                                     **dict(zip(names, row))}) + "\n")
         means = dict(zip(names, np.mean(values, axis=0).tolist()))
         self.pending.clear()
@@ -407,7 +413,8 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                     objective.after_step()
                     step += 1
                     position, boundary_rng = i + 1, ckpt.rng_state()
-                    steps_log.add(step, epoch, terms, lr)
+                    steps_log.add(step, epoch, terms, lr,
+                                  train_seconds + time.perf_counter() - epoch_start)
                     if step % t.log_every == 0 or step == total:
                         means = steps_log.flush()  # the only host sync in the loop
                         check_finite(means)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cmift.runs import claim_run_dir, release_run_dir
 from cmift.train import run
@@ -50,6 +51,8 @@ def test_cli_run_writes_metrics_manifest_predictions(glue_dir, tmp_path):
     assert preds[0].split("\t")[:3] == ["index", "label", "prediction"]
     steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 21)) and "ce" in steps[0]
+    seconds = [s["seconds"] for s in steps]  # training time at each step: a timeline
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= metrics["train_seconds"]
 
     again = _cmift(*args, cwd=tmp_path)  # a finished run is not trained twice
     assert again.returncode == 0 and "skipped" in again.stdout
@@ -103,3 +106,15 @@ def test_grad_accum_counts_optimiser_steps(glue_dir, tmp_path):
                   f"data.glue_dir={glue_dir}", "data.max_eval_samples=16")
     out = run(cfg, tmp_path)
     assert out["steps"] == 3 and out["train_examples"] == 36
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_adamw_is_a_knob(fused):
+    from cmift.loop import Device, make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    t = compose(f"train.fused_adamw={fused}").train
+    optimizer = make_optimizer(model, t, Device(torch.device("cpu"), None))
+    assert bool(optimizer.defaults["fused"]) is fused
+    [decay, no_decay] = optimizer.param_groups  # biases are not decayed
+    assert decay["weight_decay"] == t.weight_decay and no_decay["weight_decay"] == 0.0
