@@ -82,16 +82,24 @@ def main() -> None:
             report_to=[], logging_strategy="no", disable_tqdm=True,
             train_sampling_strategy="group_by_length" if args.group_by_length else "random",
             bf16=torch.cuda.is_available())
+        padder, padded_tokens = DataCollatorWithPadding(tokenizer), [0]
+
+        def collate(features):  # the Trainer's padding, counting the tokens it pads to
+            batch = padder(features)
+            padded_tokens[0] += batch["input_ids"].numel()
+            return batch
+
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
                           eval_dataset=data["validation"], compute_metrics=compute_metrics,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+                          data_collator=collate)
         start = time.perf_counter()
         train_out = trainer.train()
         seconds = time.perf_counter() - start
+        train_tokens = padded_tokens[0]
         dev = {} if args.eval == "none" else trainer.evaluate()
     result = {"peer": "hf_trainer", "task": args.task, "seed": args.seed,
               "train_seconds": seconds, "train_examples_per_second":
-                  train_out.metrics["train_samples_per_second"],
+                  train_out.metrics["train_samples_per_second"], "train_tokens": train_tokens,
               "eval_examples_per_second": dev.get("eval_samples_per_second"),
               "peak_memory_mb": {"host_rss": round(
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
