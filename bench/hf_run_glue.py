@@ -84,9 +84,10 @@ def main() -> None:
             bf16=torch.cuda.is_available())
         padder, padded_tokens = DataCollatorWithPadding(tokenizer), [0]
 
-        def collate(features):  # the Trainer's padding, counting the tokens it pads to
+        def collate(features):  # the Trainer's padding, counting the training tokens it pads
             batch = padder(features)
-            padded_tokens[0] += batch["input_ids"].numel()
+            if trainer.model.training:  # evaluation loops put the model in eval mode first
+                padded_tokens[0] += batch["input_ids"].numel()
             return batch
 
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
