@@ -20,6 +20,28 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
+def padded_token_counter():
+    """A Trainer callback that counts the padded tokens of training batches (epochs only, so
+    evaluation batches, which go through the same collator, are left out)."""
+    from transformers import TrainerCallback
+
+    class PaddedTokens(TrainerCallback):
+        def __init__(self):
+            self.tokens, self.counting = 0, False
+
+        def add(self, batch) -> None:
+            if self.counting:
+                self.tokens += batch["input_ids"].numel()
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.counting = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.counting = False
+
+    return PaddedTokens
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="mrpc")
@@ -51,6 +73,8 @@ def main() -> None:
     )
 
     from cmift.models import resolve_path
+
+    PaddedTokens = padded_token_counter()
     from cmift.tasks import TASKS, load_raw
 
     task = TASKS[args.task]
@@ -82,21 +106,21 @@ def main() -> None:
             report_to=[], logging_strategy="no", disable_tqdm=True,
             train_sampling_strategy="group_by_length" if args.group_by_length else "random",
             bf16=torch.cuda.is_available())
-        padder, padded_tokens = DataCollatorWithPadding(tokenizer), [0]
+        padder = DataCollatorWithPadding(tokenizer)
+        counter = PaddedTokens()
 
         def collate(features):  # the Trainer's padding, counting the training tokens it pads
             batch = padder(features)
-            if trainer.model.training:  # evaluation loops put the model in eval mode first
-                padded_tokens[0] += batch["input_ids"].numel()
+            counter.add(batch)
             return batch
 
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
                           eval_dataset=data["validation"], compute_metrics=compute_metrics,
-                          data_collator=collate)
+                          data_collator=collate, callbacks=[counter])
         start = time.perf_counter()
         train_out = trainer.train()
         seconds = time.perf_counter() - start
-        train_tokens = padded_tokens[0]
+        train_tokens = counter.tokens
         dev = {} if args.eval == "none" else trainer.evaluate()
     result = {"peer": "hf_trainer", "task": args.task, "seed": args.seed,
               "train_seconds": seconds, "train_examples_per_second":
