@@ -45,6 +45,11 @@ def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
     assert "4 run(s) of the sweep failed" in err and "objective.lam=-1.0" in err
     failed = [k for k, v in found.items() if v == "failed"]
     assert all("objective.lam=-1" in k for k in failed)
+    # every job logs, not only the first (Hydra's per-job logging config must not mute them)
+    assert (out + err).count("done in") == 4
+    for k, v in found.items():
+        if v == "ok":
+            assert "done in" in (tmp_path / "out" / k / "run.log").read_text()
 
     # the same sweep again trains nothing: finished runs are skipped
     code, out, err = finish(cmift(*args, cwd=tmp_path))
