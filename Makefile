@@ -21,7 +21,7 @@ test:
 test-all:   # includes the slow real-model tests
 	$(PYTHON) -m pytest -m ""
 
-demo:       # the main job: MiniLM-L6 on real MRPC with the run_glue recipe (~10 min on 2 CPU cores)
+demo:       # the main job: MiniLM-L6 on real MRPC with the run_glue recipe (~6 min on 2 CPU cores)
 	$(PYTHON) -m cmift task=mrpc objective=ce model=minilm_l6
 
 smoke:      # a 20-step tiny-model run, seconds

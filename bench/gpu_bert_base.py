@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
+
 # Dense bf16 tensor-core peaks from the vendor data sheets (TFLOP/s, without sparsity).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
                     "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -60,28 +59,22 @@ def write_random_bert_base(folder: Path, layers: int) -> dict:
 def replace_section(path: Path, text: str) -> None:
     """Put `text` in place of the GPU section of `path` (or append it)."""
     old = path.read_text() if path.is_file() else "# cmift performance\n"
-    start = old.find(f"\n{SECTION}")
-    if start >= 0:
-        nxt = re.search(r"\n## ", old[start + 1:])
-        end = start + 1 + nxt.start() if nxt else len(old)
-        new = old[:start] + "\n" + text + old[end:]
+    before, section, after = split_section(old, SECTION)
+    if section is None:
+        write_report(path, old.rstrip("\n") + "\n\n" + text)
     else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+        write_report(path, before + text + after)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or
-                    str(REPO.parent / "shared" / "glue"))
+    add_glue_dir(ap)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--samples", type=int, help="first N training examples (default: all)")
     ap.add_argument("--layers", type=int, default=12, help="12 = BERT-base")
     ap.add_argument("--peak-tflops", type=float, help="default: looked up from the device name")
-    ap.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"))
+    ap.add_argument("--out", default=str(REPORT))
     args = ap.parse_args()
 
     import torch
@@ -99,8 +92,7 @@ def main() -> None:
                "train.save_model=false", f"output_dir={out}", "rerun=true"]
         if args.samples:
             cmd.append(f"data.max_train_samples={args.samples}")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE_ENV)
         if proc.returncode:
             sys.exit(f"cmift failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         (metrics_path,) = out.rglob("metrics.json")

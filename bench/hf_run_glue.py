@@ -18,28 +18,25 @@ import time
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from transformers import TrainerCallback
 
 
-def padded_token_counter():
-    """A Trainer callback that counts the padded tokens of training batches (epochs only, so
-    evaluation batches, which go through the same collator, are left out)."""
-    from transformers import TrainerCallback
+class PaddedTokens(TrainerCallback):
+    """Counts the padded tokens of training batches (inside epochs only: evaluation batches go
+    through the same collator)."""
 
-    class PaddedTokens(TrainerCallback):
-        def __init__(self):
-            self.tokens, self.counting = 0, False
+    def __init__(self):
+        self.tokens, self.counting = 0, False
 
-        def add(self, batch) -> None:
-            if self.counting:
-                self.tokens += batch["input_ids"].numel()
+    def add(self, batch) -> None:
+        if self.counting:
+            self.tokens += batch["input_ids"].numel()
 
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.counting = True
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.counting = True
 
-        def on_epoch_end(self, args, state, control, **kwargs):
-            self.counting = False
-
-    return PaddedTokens
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.counting = False
 
 
 def main() -> None:
@@ -73,8 +70,6 @@ def main() -> None:
     )
 
     from cmift.models import resolve_path
-
-    PaddedTokens = padded_token_counter()
     from cmift.tasks import TASKS, load_raw
 
     task = TASKS[args.task]

@@ -6,7 +6,7 @@ examples), batch size 32, max length 128 and number of steps (one epoch). Each p
 its own training time (model loading and tokenization excluded), evaluation examples/s on the
 whole MRPC dev set, and its peak memory. Ratios are taken between medians of the same run.
 
-  python bench/run_all.py --glue-dir ../shared/glue [--samples 1024] [--rounds 2]
+  python bench/run_all.py --glue-dir ../shared/glue [--samples 1024] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,14 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-
-from gpu_bert_base import SECTION as GPU_SECTION  # noqa: E402
-from summarize_runs import make_runs  # noqa: E402
-
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
+from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
+from gpu_bert_base import SECTION as GPU_SECTION
+from summarize_runs import make_runs
 
 
 @dataclass
@@ -68,7 +63,7 @@ def cmift_command(args, overrides: list[str], out: Path) -> list[str]:
 
 
 def run_checked(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE_ENV)
     if proc.returncode:
         sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n"
                  f"{proc.stderr[-3000:]}")
@@ -123,7 +118,7 @@ def wall_time(cmd: list[str], repeats: int, ok_codes=(0,)) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE_ENV)
         times.append(time.perf_counter() - start)
         if proc.returncode not in ok_codes:
             sys.exit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -293,11 +288,9 @@ def report(args, measurements, cli, summary) -> str:
 
 def gpu_section(path: Path) -> str:
     """The GPU section already in the report (written by bench/gpu_bert_base.py), kept as is."""
-    old = path.read_text() if path.is_file() else ""
-    start = old.find(f"\n{GPU_SECTION}")
-    if start >= 0:
-        end = old.find("\n## ", start + 1)
-        return old[start + 1:end if end >= 0 else None]
+    _, section, _ = split_section(path.read_text() if path.is_file() else "", GPU_SECTION)
+    if section is not None:
+        return section
     return (f"{GPU_SECTION}\n\nNot measured yet: no CUDA device was available. On one, run "
             "`python bench/gpu_bert_base.py` (BERT-base on MRPC: examples/s and MFU against the "
             "card's bf16 peak); it fills in this section.\n")
@@ -305,13 +298,12 @@ def gpu_section(path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or
-                    str(REPO.parent / "shared" / "glue"))
+    add_glue_dir(ap)
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5, help="for the command-line timings")
-    ap.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"))
+    ap.add_argument("--out", default=str(REPORT))
     args = ap.parse_args()
     if not (Path(args.glue_dir) / "MRPC" / "train.tsv").is_file():
         sys.exit(f"--glue-dir {args.glue_dir!r} has no MRPC/train.tsv (the GLUE TSV layout)")
@@ -334,10 +326,7 @@ def main() -> None:
                       f"RSS {result['rss_mb']:.0f} MB", flush=True)
     out = Path(args.out)
     text = report(args, MEASUREMENTS, cli, summary) + "\n" + gpu_section(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(text)
-    tmp_out.replace(out)
+    write_report(out, text)
     print(text)
 
 

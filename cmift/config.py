@@ -179,6 +179,11 @@ DISTILLATION_LOSSES = ("kd", "ttm", "wttm")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def choice(option) -> str:
+    """An enum knob from the structured config (or a plain string) as its string value."""
+    return str(getattr(option, "value", option))
+
+
 def model_options() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 

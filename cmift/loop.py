@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cmift import checkpoint as ckpt
+from cmift.config import choice
 from cmift.data import PadCollator, Split, eval_batches, train_batches
 from cmift.metrics import cmi_diagnostics, task_metrics
 from cmift.models import FeatureTap
@@ -271,7 +272,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
     scaler = torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, separate from dropout
     steps_log = StepLog(run_dir / "steps.jsonl")
-    skip_nan = str(getattr(t.nan_policy, "value", t.nan_policy)) == "skip"
+    skip_nan = choice(t.nan_policy) == "skip"
 
     evals: list[dict] = []
     step, epoch, examples, train_seconds, skipped = 0, 0, 0, 0.0, 0
@@ -319,6 +320,15 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                                               limit):
             yield outputs, labels
 
+    def objective_passes(hook: Callable, *args) -> None:
+        """Run an objective hook that makes no-grad passes; its time counts as training."""
+        nonlocal train_seconds
+        start = time.perf_counter()
+        hook(*args, train_passes)
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        timing["pass_seconds"] += seconds
+
     state = ckpt.latest(run_dir)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -341,11 +351,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                  position)
     else:
         steps_log.truncate_after(0)
-        setup_start = time.perf_counter()
-        objective.setup(train_passes)
-        setup_seconds = time.perf_counter() - setup_start
-        train_seconds += setup_seconds
-        timing["pass_seconds"] += setup_seconds
+        objective_passes(objective.setup)
     log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
              len(train), total, per_epoch, t.batch_size, t.grad_accum, t.lr)
 
@@ -364,11 +370,7 @@ def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str
                     epoch_gen = generator.get_state()
                     batches = train_batches(train_lengths, t.batch_size, generator,
                                             t.group_by_length)
-                    pass_start = time.perf_counter()
-                    objective.on_epoch_start(epoch, train_passes)
-                    pass_seconds = time.perf_counter() - pass_start
-                    train_seconds += pass_seconds
-                    timing["pass_seconds"] += pass_seconds
+                    objective_passes(objective.on_epoch_start, epoch)
                 else:
                     after = generator.get_state()
                     generator.set_state(epoch_gen)

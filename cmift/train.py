@@ -14,7 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cmift.checkpoint import clear as clear_checkpoints
-from cmift.config import ConfigError, config_hash, identity, load_model_config, validate
+from cmift.config import (
+    ConfigError,
+    choice,
+    config_hash,
+    identity,
+    load_model_config,
+    validate,
+)
 from cmift.data import Split, load_tokenized
 from cmift.loop import fit, pick_device
 from cmift.models import (
@@ -164,8 +171,7 @@ def _teacher_source(cfg, teacher, tokenizer, device):
     from cmift.data import tokenizer_fingerprint
     from cmift.objectives.distill import CachedTeacher, LiveTeacher
 
-    if str(getattr(cfg.distillation.teacher_logits, "value", cfg.distillation.teacher_logits)) \
-            == "cached":
+    if choice(cfg.distillation.teacher_logits) == "cached":
         return CachedTeacher(torch.from_numpy(teacher.train_logits))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

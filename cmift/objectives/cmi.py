@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cmift.centroids import Centroids
+from cmift.config import choice
 from cmift.objectives import Objective, Outputs, Passes, register
 from cmift.objectives.ce import task_loss
 
@@ -48,11 +49,6 @@ def batch_gamma(r: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tens
     return ((cross * others).sum(-1) / (n_classes - 1)).mean()
 
 
-def _value(option) -> str:
-    """An enum option from the structured config (or a plain string) as its string value."""
-    return str(getattr(option, "value", option))
-
-
 class CMIObjective(Objective):
     sign = 1.0  # +1: minimise CMI; -1: maximise it
 
@@ -60,9 +56,9 @@ class CMIObjective(Objective):
         o = cfg.objective
         c = o.cmi
         self.lam, self.beta = float(o.lam), float(o.beta)
-        self.space, self.norm = _value(c.space), _value(c.feature_norm)
+        self.space, self.norm = choice(c.space), choice(c.feature_norm)
         self.temperature = float(c.feature_temperature)
-        self.update = _value(c.centroid_update)
+        self.update = choice(c.centroid_update)
         self.momentum, self.init_samples = float(c.momentum), c.init_samples
         self.n_classes = task.num_labels
         self.needs_features = self.space == "feature"

@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: the repository root, the environment of the processes they
+start (offline: nothing may download), the --glue-dir option, and the sections of the report
+docs/PERFORMANCE.md (written atomically with cmift's own atomic_write)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cmift.runs import atomic_write  # noqa: E402
+
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+REPORT = REPO / "docs" / "PERFORMANCE.md"
+
+
+def add_glue_dir(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or
+                    str(REPO.parent / "shared" / "glue"),
+                    help="the GLUE TSV layout (default: $GLUE_DIR, else ../shared/glue)")
+
+
+def split_section(text: str, heading: str) -> tuple[str, str | None, str]:
+    """(before, the `heading` section or None, after) of a Markdown report; a section runs to
+    the next `## ` heading. before + section + after == text."""
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return text, None, ""
+    end = text.find("\n## ", start + 1)
+    end = len(text) if end < 0 else end
+    return text[:start + 1], text[start + 1:end], text[end:]
+
+
+def write_report(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(text))
