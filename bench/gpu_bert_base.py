@@ -43,7 +43,7 @@ def write_random_bert_base(folder: Path, layers: int) -> dict:
     """A BERT-base-shaped classifier with random weights, and the BERT uncased tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from cmift.models import resolve_path
+    from cmift.models.backbones import resolve_path
 
     config = BertConfig(num_hidden_layers=layers, num_labels=2)
     model = BertForSequenceClassification(config)

@@ -69,8 +69,8 @@ def main() -> None:
         set_seed,
     )
 
-    from cmift.models import resolve_path
-    from cmift.tasks import TASKS, load_raw
+    from cmift.data.tasks import TASKS, load_raw
+    from cmift.models.backbones import resolve_path
 
     task = TASKS[args.task]
     path = resolve_path(args.model)

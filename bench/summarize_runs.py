@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmift.summarize import write_tables  # noqa: E402
+from cmift.report.summarize import write_tables  # noqa: E402
 
 TASKS = {"mrpc": ("accuracy", "f1"), "rte": ("accuracy",), "cola": ("matthews_correlation",),
          "sst2": ("accuracy",)}
@@ -40,9 +40,9 @@ def make_runs(root: Path, n: int) -> None:
                        gamma=rng.random(), ncmi=rng.random(), loss=rng.random())
             evals.append({"step": 100 * e, "epoch": float(e), "dev": dev})
         config = {"task": {"name": task}, "model": {"name": "minilm_l6"}, "seed": seed,
-                  "objective": {"name": objective, "lam": lam, "beta": 0.0},
+                  "objective": {"name": objective, "cmi": {"lam": lam, "beta": 0.0}},
                   "distillation": {"name": "kd" if objective == "kd" else "none",
-                                   "temperature": 2.0, "alpha": 0.5},
+                                   "kd": {"temperature": 2.0, "alpha": 0.5}},
                   "train": {"epochs": 3, "lr": 2e-5, "batch_size": 32},
                   "data": {"max_seq_length": 128}}
         (folder / "metrics.json").write_text(json.dumps({

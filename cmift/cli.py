@@ -13,7 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cmift.config import CONF_DIR, ConfigError, register_configs, register_resolvers
+from cmift.config.identity import register_resolvers
+from cmift.config.schema import CONF_DIR, MOVED_KEYS, register_configs
+from cmift.config.spec import ConfigError
 
 register_configs()
 register_resolvers()
@@ -29,10 +31,11 @@ def _job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from cmift.config import validate
-    from cmift.runs import claim_run_dir, finished_ok, release_run_dir, write_failed
-    from cmift.sweep import launcher_threads, record_failure
-    from cmift.tasks import DataError
+    from cmift.config.validate import validate
+    from cmift.data.tasks import DataError
+    from cmift.runs.record import RunRecord
+    from cmift.runs.rundir import claim_run_dir, finished_ok, release_run_dir
+    from cmift.runs.sweep import launcher_threads, record_failure
 
     hydra_cfg = HydraConfig.get()
     base = Path(hydra_cfg.runtime.output_dir)
@@ -42,7 +45,7 @@ def _job(cfg: DictConfig) -> None:
     except ConfigError as e:
         if not sweeping:
             _fail(str(e))
-        write_failed(base, cfg, list(hydra_cfg.overrides.task), str(e))
+        RunRecord.failed_to_start(cfg, base, list(hydra_cfg.overrides.task), str(e))
         print(f"cmift: run {base} failed: {e}", file=sys.stderr)
         record_failure(base, str(e))
         return
@@ -51,7 +54,7 @@ def _job(cfg: DictConfig) -> None:
         return
     run_dir = claim_run_dir(base)
     try:
-        from cmift.train import run
+        from cmift.training.run import run
 
         if cfg.threads is None and (threads := launcher_threads(hydra_cfg)):
             import torch
@@ -93,6 +96,11 @@ def main() -> None:
     # Hydra then re-raises composition errors instead of printing a trace and exiting 1; they
     # become one line and exit code 2 here.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    for arg in sys.argv[1:]:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key in MOVED_KEYS:
+            _fail(f"{key} is now {MOVED_KEYS[key]} (each method's knobs live in its own "
+                  "namespace; `cmift --help` lists them)")
     try:
         _job()
     except (HydraException, OmegaConfBaseException) as e:
@@ -122,7 +130,7 @@ def table_main(argv: list[str] | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from cmift.summarize import write_tables
+    from cmift.report.summarize import write_tables
 
     out = Path(args.out or Path(args.folders[0]) / "tables")
     result = write_tables(args.folders, out, formats, args.epoch, plots=not args.no_plots)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmift.centroids import Centroids
-from cmift.config import ConfigError, validate
+from cmift.config.spec import ConfigError
+from cmift.config.validate import validate
+from cmift.data.tasks import TASKS
 from cmift.objectives import Outputs, build
+from cmift.objectives.centroids import Centroids
 from cmift.objectives.cmi import batch_cmi, batch_gamma, distribution
-from cmift.tasks import TASKS
-from cmift.train import run
+from cmift.training.run import run
 from conftest import compose
 
 RNG = np.random.default_rng(0)
@@ -105,7 +106,7 @@ def test_cmi_objective_on_regression_is_refused():
     validate(compose("task=stsb", "objective=ce"))
 
 
-@pytest.mark.parametrize("key, value", [("objective.lam", -0.1), ("objective.beta", -1),
+@pytest.mark.parametrize("key, value", [("objective.cmi.lam", -0.1), ("objective.cmi.beta", -1),
                                         ("objective.cmi.momentum", 1.0),
                                         ("objective.cmi.feature_temperature", 0)])
 def test_bad_cmi_knobs_are_refused(key, value):
@@ -123,8 +124,8 @@ def _tiny_run(glue_dir, tmp_path, name, *overrides):
 @pytest.mark.parametrize("space", ["feature", "output"])
 def test_min_cmi_with_zero_weights_is_exactly_ce(glue_dir, tmp_path, space):
     ce = _tiny_run(glue_dir, tmp_path, "ce", "objective=ce")
-    zero = _tiny_run(glue_dir, tmp_path, "zero", "objective=min_cmi", "objective.lam=0",
-                     "objective.beta=0", f"objective.cmi.space={space}")
+    zero = _tiny_run(glue_dir, tmp_path, "zero", "objective=min_cmi", "objective.cmi.lam=0",
+                     "objective.cmi.beta=0", f"objective.cmi.space={space}")
     assert [e["dev"] for e in ce["evals"]] == [e["dev"] for e in zero["evals"]]
     steps = [json.loads(x) for x in (tmp_path / "zero" / "steps.jsonl").read_text().splitlines()]
     assert {"ce", "cmi", "gamma", "loss"} <= set(steps[0]) and steps[0]["loss"] == steps[0]["ce"]
@@ -140,11 +141,11 @@ def test_cmi_runs_log_terms_and_dev_diagnostics(glue_dir, tmp_path):
 
 def _one_step_cmi(objective_name, lam):
     """Batch CMI (output space, fixed centroids) after one SGD step on a fixed batch."""
-    from cmift.models import load_model
+    from cmift.models.backbones import load_model
 
     torch.manual_seed(0)
     cfg = compose("model=tiny", f"objective={objective_name}", "objective.cmi.space=output",
-                  f"objective.lam={lam}")
+                  f"objective.cmi.lam={lam}")
     model = load_model(cfg.model, 2, False, vocab_size=100)
     model.eval()  # no dropout: the same function before and after the step
     gen = torch.Generator().manual_seed(1)

@@ -2,8 +2,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from cmift.config import ConfigError, config_hash, run_name, validate
-from cmift.tasks import TASKS
+from cmift.config.identity import config_hash, run_name
+from cmift.config.spec import ConfigError
+from cmift.config.validate import validate
+from cmift.data.tasks import TASKS
 from conftest import compose
 
 MODELS = ["bert_base", "distilbert", "minilm_l6", "tiny"]
@@ -59,30 +61,31 @@ def test_glue_dir_defaults_to_env(monkeypatch):
     assert compose().data.glue_dir is None
 
 
-def test_run_name_is_readable_and_unique_per_config():
-    a = compose("task=rte", "seed=3", "train.epochs=5")
-    b = compose("task=rte", "seed=3", "train.epochs=4")
+def test_run_name_is_readable_and_unique_per_config(fake_glue):
+    a = compose("task=rte", "seed=3", "train.epochs=5", f"data.glue_dir={fake_glue}")
+    b = compose("task=rte", "seed=3", "train.epochs=4", f"data.glue_dir={fake_glue}")
     name_a = run_name(a, ["task=rte", "seed=3", "train.epochs=5"])
     assert name_a.startswith("rte/ce/minilm_l6/seed=3,train.epochs=5-")
     assert config_hash(a) != config_hash(b)
-    # where the data lives and how many threads run do not change the result, nor the name
-    c = compose("task=rte", "seed=3", "train.epochs=5", "data.glue_dir=/x", "threads=1")
+    # how many threads run and where logs go do not change the result, nor the name
+    c = compose("task=rte", "seed=3", "train.epochs=5", f"data.glue_dir={fake_glue}",
+                "threads=1", "train.log_every=3", "train.save_every=7")
     assert config_hash(a) == config_hash(c)
     assert run_name(c, ["model.name_or_path=/a/b c"]).split("/")[3].startswith(
         "seed=3,model.name_or_path=_a_b_c-")
 
 
 def test_knobs_a_run_does_not_use_do_not_split_it():
-    """`-m objective=ce,min_cmi objective.lam=0.01,0.1` trains ce once, not once per lam."""
-    ce = [compose("objective=ce", f"objective.lam={v}") for v in (0.01, 0.1)]
+    """`-m objective=ce,min_cmi objective.cmi.lam=0.01,0.1` trains ce once, not once per lam."""
+    ce = [compose("objective=ce", f"objective.cmi.lam={v}") for v in (0.01, 0.1)]
     assert config_hash(ce[0]) == config_hash(ce[1])
-    assert run_name(ce[0], ["objective=ce", "objective.lam=0.01"]) == \
-        run_name(ce[1], ["objective=ce", "objective.lam=0.1"])
-    cmi = [compose("objective=min_cmi", f"objective.lam={v}") for v in (0.01, 0.1)]
+    assert run_name(ce[0], ["objective=ce", "objective.cmi.lam=0.01"]) == \
+        run_name(ce[1], ["objective=ce", "objective.cmi.lam=0.1"])
+    cmi = [compose("objective=min_cmi", f"objective.cmi.lam={v}") for v in (0.01, 0.1)]
     assert config_hash(cmi[0]) != config_hash(cmi[1])
     # the teacher's lam matters to max_cmi_kd, the kd loss's temperature not to wttm
-    assert config_hash(compose("objective=max_cmi_kd", "objective.lam=0.1")) != \
-        config_hash(compose("objective=max_cmi_kd", "objective.lam=0.2"))
+    assert config_hash(compose("objective=max_cmi_kd", "objective.cmi.lam=0.1")) != \
+        config_hash(compose("objective=max_cmi_kd", "objective.cmi.lam=0.2"))
     assert config_hash(compose("objective=kd", "distillation=wttm",
-                               "distillation.temperature=1")) == \
-        config_hash(compose("objective=kd", "distillation=wttm", "distillation.temperature=8"))
+                               "distillation.kd.temperature=1")) == \
+        config_hash(compose("objective=kd", "distillation=wttm", "distillation.kd.temperature=8"))

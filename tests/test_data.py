@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from cmift import data as data_mod
-from cmift.data import PadCollator, Split, eval_batches, load_tokenized, train_batches
-from cmift.models import build_tiny_tokenizer
-from cmift.tasks import TASKS, load_raw
+from cmift.data import tokenized as data_mod
+from cmift.data.tasks import TASKS, load_raw
+from cmift.data.tokenized import PadCollator, Split, eval_batches, load_tokenized, train_batches
+from cmift.models.backbones import build_tiny_tokenizer
 from conftest import compose
 
 

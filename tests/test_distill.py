@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from cmift.config import ConfigError, validate
-from cmift.models import keep_layers, load_model
+from cmift.config.spec import ConfigError
+from cmift.config.validate import validate
+from cmift.models.backbones import load_model
+from cmift.models.students import keep_layers
 from cmift.objectives.distill import kd_terms, ttm_terms, wttm_terms, wttm_weights
-from cmift.train import run
+from cmift.training.run import run
 from conftest import compose
 
 RNG = np.random.default_rng(7)
@@ -99,8 +101,8 @@ def test_student_from_layers_copies_exactly_those_weights():
     (["objective=kd", "distillation=none"], "distillation"),
     (["objective=ce", "distillation=kd"], "distillation"),
     (["objective=kd", "task=stsb"], "objective"),
-    (["objective=kd", "distillation.temperature=0"], "distillation.temperature"),
-    (["objective=kd", "objective.teacher=min_cmi"], "objective.teacher"),
+    (["objective=kd", "distillation.kd.temperature=0"], "distillation.kd.temperature"),
+    (["objective=kd", "objective.name=foo"], "objective.name"),
 ])
 def test_bad_distillation_configs_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}="):
@@ -110,7 +112,10 @@ def test_bad_distillation_configs_are_refused(overrides, key):
 def test_distillation_objectives_default_to_the_kd_loss():
     assert compose("objective=kd").distillation.name == "kd"
     assert compose("objective=max_cmi_kd", "distillation=wttm").distillation.name == "wttm"
-    assert compose("objective=max_cmi_kd").objective.teacher == "max_cmi"
+    from cmift.config.spec import method
+
+    assert method("objective", "max_cmi_kd").teacher == "max_cmi"
+    assert method("objective", "kd").teacher == "ce"
 
 
 def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
@@ -122,7 +127,7 @@ def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
         return run(cfg, tmp_path / name)
 
     first = student("a", "distillation=wttm")
-    second = student("b", "distillation=kd", "distillation.temperature=4")
+    second = student("b", "distillation=kd", "distillation.kd.temperature=4")
     assert first["teacher"]["reused"] is False and second["teacher"]["reused"] is True
     assert first["teacher"]["key"] == second["teacher"]["key"]
     assert first["teacher"]["objective"] == "max_cmi"
@@ -151,7 +156,7 @@ def test_live_teacher_matches_cached_logits(glue_dir, tmp_path):
     def student(name, mode):
         # a high lr, so the teacher's logits differ from example to example
         cfg = compose("model=tiny", "objective=kd", "train.max_steps=4", "train.lr=3e-3",
-                      "distillation.temperature=1", f"data.glue_dir={glue_dir}",
+                      "distillation.kd.temperature=1", f"data.glue_dir={glue_dir}",
                       "data.max_train_samples=64",
                       "data.max_eval_samples=32", f"output_dir={tmp_path}",
                       f"distillation.teacher_logits={mode}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmift.runs import claim_run_dir, release_run_dir
-from cmift.train import run
+from cmift.runs.rundir import claim_run_dir, release_run_dir
+from cmift.training.run import run
 from conftest import REPO, compose
 
 
@@ -80,7 +80,7 @@ def test_concurrent_runs_never_share_a_directory(tmp_path):
     base = tmp_path / "run"
     first = claim_run_dir(base)
     # the same config started again while the first is alive gets its own directory
-    code = ("import sys; from pathlib import Path; from cmift.runs import claim_run_dir;"
+    code = ("import sys; from pathlib import Path; from cmift.runs.rundir import claim_run_dir;"
             f"print(claim_run_dir(Path({str(base)!r})))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert first == base and Path(other.stdout.strip()) == tmp_path / "run_2"
@@ -110,7 +110,8 @@ def test_grad_accum_counts_optimiser_steps(glue_dir, tmp_path):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_fused_adamw_is_a_knob(fused):
-    from cmift.loop import Device, make_optimizer
+    from cmift.training.device import Device
+    from cmift.training.optim import make_optimizer
 
     model = torch.nn.Linear(3, 2)
     t = compose(f"train.fused_adamw={fused}").train

@@ -3,7 +3,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from cmift import metrics
+from cmift.data import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

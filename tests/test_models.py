@@ -3,9 +3,9 @@ import hashlib
 import pytest
 import torch
 
-from cmift.config import ConfigError
-from cmift.loop import Device, Forward
-from cmift.models import FeatureTap, load_model, resolve_path, verify_weights
+from cmift.config.spec import ConfigError
+from cmift.models.backbones import FeatureTap, load_model, resolve_path, verify_weights
+from cmift.training.device import Device, Forward
 from conftest import compose
 
 

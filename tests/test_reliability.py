@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from cmift import checkpoint as ckpt
-from cmift.runs import write_json
-from cmift.train import run
+from cmift.runs.files import write_json
+from cmift.training import checkpoint as ckpt
+from cmift.training.run import run
 from conftest import compose
 
 TINY = ["task=mrpc", "model=tiny", "data.max_train_samples=256", "data.max_eval_samples=64",

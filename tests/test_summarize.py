@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from cmift.summarize import write_tables
+from cmift.report.summarize import write_tables
 
 
 def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m"):
     folder = root / task / objective / model / f"seed={seed},lam={lam}"
     folder.mkdir(parents=True)
     config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
-              "objective": {"name": objective, "lam": lam or 0.0, "beta": 0.0},
+              "objective": {"name": objective, "cmi": {"lam": lam or 0.0, "beta": 0.0}},
               "distillation": {"name": "none"}, "train": {"epochs": 3}}
     score = sum(metrics.values()) / len(metrics)
     record = {"schema_version": 1, "status": status, "task": task, "model": model,

@@ -36,15 +36,15 @@ def statuses(root):
 
 
 def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
-    args = ["-m", "task=mrpc,rte", "objective=min_cmi", "objective.lam=0.1,-1", "seed=1,2",
+    args = ["-m", "task=mrpc,rte", "objective=min_cmi", "objective.cmi.lam=0.1,-1", "seed=1,2",
             *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
     code, out, err = finish(cmift(*args, cwd=tmp_path))
     assert code == 1, err[-2000:]
     found = statuses(tmp_path / "out")
     assert sorted(found.values()) == ["failed"] * 4 + ["ok"] * 4
-    assert "4 run(s) of the sweep failed" in err and "objective.lam=-1.0" in err
+    assert "4 run(s) of the sweep failed" in err and "objective.cmi.lam=-1.0" in err
     failed = [k for k, v in found.items() if v == "failed"]
-    assert all("objective.lam=-1" in k for k in failed)
+    assert all("objective.cmi.lam=-1" in k for k in failed)
     # every job logs, not only the first (Hydra's per-job logging config must not mute them)
     assert (out + err).count("done in") == 4
     for k, v in found.items():
@@ -113,7 +113,7 @@ def test_submitit_local_sweep(glue_dir, tmp_path):
 
 def test_parallel_students_share_one_teacher(glue_dir, tmp_path):
     code, out, err = finish(cmift("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                  "objective=kd", "distillation.temperature=1,4", *TINY,
+                                  "objective=kd", "distillation.kd.temperature=1,4", *TINY,
                                   f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out",
                                   cwd=tmp_path))
     assert code == 0, err[-2000:]

@@ -1,6 +1,6 @@
 import pytest
 
-from cmift.tasks import TASKS, DataError, load_raw, read_tsv, task_files
+from cmift.data.tasks import TASKS, DataError, load_raw, read_tsv, task_files
 from conftest import REAL_GLUE
 
 # Official GLUE row counts (train, dev) for the folders shipped beside the checkout.

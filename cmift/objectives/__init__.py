@@ -1,33 +1,36 @@
-"""Training objectives: one small file per family, each registering its names here.
+"""Training objectives: one small file per method family.
 
-An objective maps (model outputs, batch) to a dict of named loss terms in fp32; the loop
-optimises terms["loss"] and logs every term. Objectives with state (CMI's class centroids)
-use the hooks of `Objective`. Adding one touches one file here and one YAML in conf/objective/.
+Each file declares, torch-free, its method specs and knob namespaces (cmift/config/spec.py),
+and implements the objective: a map from (model outputs, batch) to a dict of named loss terms
+in fp32; the loop optimises terms["loss"] and logs every term. Objectives with state (CMI's
+class centroids) use the hooks of `Objective`. Adding one touches one file here and one YAML in
+conf/objective/ (docs/ADDING_A_METHOD.md).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
-import torch
+from cmift.config.spec import discover
 
-OBJECTIVES: dict[str, Callable] = {}
+if TYPE_CHECKING:
+    import torch
+
+IMPLEMENTATIONS: dict[str, type] = {}
 
 
 @dataclass
 class Outputs:
     """What the model produced for a batch: logits, and the feature vector the head reads."""
 
-    logits: torch.Tensor
-    features: Optional[torch.Tensor] = None
+    logits: "torch.Tensor"
+    features: Optional["torch.Tensor"] = None
 
 
 # `passes(limit)` yields (Outputs, labels) for the first `limit` training examples (all when
 # None), in eval mode without gradients: what an objective's state is initialised from.
-Passes = Callable[[Optional[int]], Iterable[tuple[Outputs, torch.Tensor]]]
+Passes = Callable[[Optional[int]], Iterable[tuple[Outputs, Any]]]
 
 
 class Objective:
@@ -35,7 +38,7 @@ class Objective:
 
     needs_features = False  # the loop captures Outputs.features only when asked
 
-    def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, out: Outputs, batch: dict) -> dict:
         raise NotImplementedError
 
     def setup(self, passes: Passes) -> None:
@@ -57,10 +60,12 @@ class Objective:
         """Restore what state_dict returned."""
 
 
-def register(name: str):
-    def add(factory):
-        OBJECTIVES[name] = factory
-        return factory
+def implements(*names: str):
+    """Class decorator: the implementation of the objectives `names` (registered specs)."""
+    def add(cls):
+        for name in names:
+            IMPLEMENTATIONS[name] = cls
+        return cls
 
     return add
 
@@ -68,6 +73,5 @@ def register(name: str):
 def build(cfg, task, **context) -> Objective:
     """The objective named by `objective.name`, from the run's config, the task and what the
     run prepared for it (`teacher` for distillation)."""
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
-    return OBJECTIVES[cfg.objective.name](cfg, task, **context)
+    discover()
+    return IMPLEMENTATIONS[cfg.objective.name](cfg, task, **context)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from cmift.config.spec import MethodSpec, register
+from cmift.lazy import F
+from cmift.objectives import Objective, Outputs, implements
 
-from cmift.objectives import Objective, Outputs, register
+register(MethodSpec("objective", "ce", "cross-entropy (MSE on regression): the baseline",
+                    can_teach=True))
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+def task_loss(logits, labels, regression: bool):
     """The supervised loss every objective starts from, in fp32 even under autocast."""
     logits = logits.float()
     if regression:
@@ -16,11 +18,11 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-@register("ce")
+@implements("ce")
 class CrossEntropy(Objective):
     def __init__(self, cfg, task, **_):
         self.regression = task.is_regression
 
-    def __call__(self, out: Outputs, batch: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, out: Outputs, batch: dict) -> dict:
         ce = task_loss(out.logits, batch["labels"], self.regression)
         return {"ce": ce, "loss": ce}

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cmift.tasks import GlueTask, load_raw, source_fingerprint
+from cmift.data.tasks import GlueTask, data_fingerprint, load_raw
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the stored columns change
@@ -45,7 +45,7 @@ def cache_key(task: GlueTask, data_cfg, tokenizer) -> str:
     key = {
         "format": CACHE_FORMAT,
         "task": task.name,
-        "source": source_fingerprint(task, data_cfg.glue_dir),
+        "source": data_fingerprint(task.name, data_cfg.glue_dir),
         "tokenizer": [getattr(tokenizer, "name_or_path", ""), tokenizer_fingerprint(tokenizer)],
         "max_seq_length": data_cfg.max_seq_length,
         "max_train_samples": data_cfg.max_train_samples,

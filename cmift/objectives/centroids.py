@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
+from cmift.lazy import torch
 
 
 class Centroids:
@@ -17,29 +17,29 @@ class Centroids:
         # Until a class is seen its centroid is uniform: a neutral, finite reference.
         self.q = torch.full((n_classes, dim), 1.0 / dim, dtype=torch.float32, device=device)
 
-    @torch.no_grad()
-    def fit(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def fit(self, batches: Iterable[tuple]) -> None:
         """Q_c = mean of r over the examples of class c, from (r, y) batches; a class with no
         example keeps its previous centroid."""
-        sums = torch.zeros_like(self.q)
-        counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
-        for r, y in batches:
-            sums.index_add_(0, y, r.float())
-            counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
-        seen = counts > 0
-        self.q[seen] = _rows_sum_to_one(sums[seen] / counts[seen, None])
+        with torch.no_grad():
+            sums = torch.zeros_like(self.q)
+            counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
+            for r, y in batches:
+                sums.index_add_(0, y, r.float())
+                counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
+            seen = counts > 0
+            self.q[seen] = _rows_sum_to_one(sums[seen] / counts[seen, None])
 
-    @torch.no_grad()
-    def ema(self, r: torch.Tensor, y: torch.Tensor) -> None:
+    def ema(self, r, y) -> None:
         """Q_c <- m Q_c + (1 - m) mean_{i: y_i = c} r_i for each class c present in the batch."""
-        sums = torch.zeros_like(self.q).index_add_(0, y, r.detach().float())
-        counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
-        counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
-        present = (counts > 0)[:, None]
-        means = sums / counts.clamp(min=1)[:, None]
-        m = self.momentum
-        # torch.where keeps absent classes bit-for-bit; no host sync on which classes are present
-        self.q = torch.where(present, _rows_sum_to_one(m * self.q + (1 - m) * means), self.q)
+        with torch.no_grad():
+            sums = torch.zeros_like(self.q).index_add_(0, y, r.detach().float())
+            counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
+            counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
+            present = (counts > 0)[:, None]
+            means = sums / counts.clamp(min=1)[:, None]
+            m = self.momentum
+            # torch.where keeps absent classes bit-for-bit; no host sync on which are present
+            self.q = torch.where(present, _rows_sum_to_one(m * self.q + (1 - m) * means), self.q)
 
     def state_dict(self) -> dict:
         return {"q": self.q.detach().cpu().clone(), "momentum": self.momentum}
@@ -53,5 +53,5 @@ class Centroids:
         return self
 
 
-def _rows_sum_to_one(q: torch.Tensor) -> torch.Tensor:
+def _rows_sum_to_one(q):
     return q / q.sum(dim=1, keepdim=True)

@@ -64,8 +64,8 @@ def write_plots(runs: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[
 
     matplotlib.use("Agg")
     folder.mkdir(parents=True, exist_ok=True)
-    made = [_errorbar_plot(runs, "objective.lam", "lam", folder / "score_vs_lam.png"),
-            _errorbar_plot(runs, "distillation.temperature", "temperature",
+    made = [_errorbar_plot(runs, "objective.cmi.lam", "lam", folder / "score_vs_lam.png"),
+            _errorbar_plot(runs, "distillation.kd.temperature", "temperature",
                            folder / "score_vs_temperature.png"),
             _curves_plot(runs, curves, folder / "cmi_ncmi_curves.png")]
     return [p for p in made if p is not None]

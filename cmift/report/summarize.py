@@ -17,29 +17,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmift.tasks import TASKS, split_suffix
+from cmift.config.spec import find
+from cmift.data.tasks import TASKS, split_suffix
+from cmift.runs.files import METRICS_FILE, TABLES_DIR, TEACHERS_DIR
 
-TEACHERS_DIR = "teachers"
-# Settings that never define a method (they are what is averaged over or where data lives).
-NOT_METHOD = {"seed", "task.name", "data.glue_dir", "data.cache_dir", "threads", "output_dir",
-              "rerun"}
-
-
-SHORT = {"objective.lam": "lam", "objective.beta": "beta", "distillation.temperature": "T",
-         "distillation.alpha": "alpha", "distillation.gamma": "gamma",
-         "distillation.beta": "kd_beta"}
+# Settings that never define a method: what is averaged over, and the task's own data.
+NOT_METHOD = {"seed", "task.name"}
+NOT_METHOD_PREFIXES = ("data.fingerprint.",)
 
 
 def hparam_keys(objective: str, distillation: str) -> list[str]:
-    """The knobs chosen per task on the dev set, by objective family."""
-    keys = []
-    if objective in ("min_cmi", "cmic", "max_cmi", "max_cmi_kd"):
-        keys += ["objective.lam", "objective.beta"]
-    if distillation == "kd":
-        keys += ["distillation.temperature", "distillation.alpha"]
-    elif distillation in ("ttm", "wttm"):
-        keys += ["distillation.gamma", "distillation.beta"]
-    return keys
+    """The knobs chosen per task on the dev set: what the specs of the run's objective and (when
+    it distils) its distillation loss say the tables tune."""
+    spec = find("objective", objective)
+    if spec is None:
+        return []
+    keys = list(spec.tuned)
+    loss = find("distillation", distillation) if spec.distils else None
+    return keys + list(loss.tuned if loss else ())
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Knob labels for table cells: the leaf name (lam), or namespace.leaf when two collide."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: leaf if leaves.count(leaf) == 1 else ".".join(k.split(".")[-2:])
+            for k, leaf in zip(keys, leaves)}
 
 
 def official_metrics(task: str) -> list[str]:
@@ -54,9 +56,9 @@ def find_runs(folders: list[str], include_teachers: bool = False) -> list[Path]:
         for root, dirs, files in os.walk(folder):
             if not include_teachers and TEACHERS_DIR in dirs:
                 dirs.remove(TEACHERS_DIR)
-            dirs[:] = [d for d in dirs if d not in ("tables", ".hydra")]
-            if "metrics.json" in files:
-                found.append(Path(root) / "metrics.json")
+            dirs[:] = [d for d in dirs if d not in (TABLES_DIR, ".hydra")]
+            if METRICS_FILE in files:
+                found.append(Path(root) / METRICS_FILE)
     return sorted(found)
 
 
@@ -107,9 +109,11 @@ def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
     base = ["model", "objective", "distillation", "student"]
     for _, group in runs.groupby(base, dropna=False, sort=False):
         first = group.iloc[0]
-        hp = [f"cfg.{k}" for k in hparam_keys(first["objective"], first["distillation"])]
-        cfg_cols = [c for c in group.columns if c.startswith("cfg.")
-                    and c[4:] not in NOT_METHOD and c not in hp]
+        tuned = hparam_keys(first["objective"], first["distillation"])
+        short = short_names(tuned)
+        hp = [f"cfg.{k}" for k in tuned]
+        cfg_cols = [c for c in group.columns if c.startswith("cfg.") and c not in hp
+                    and c[4:] not in NOT_METHOD and not c[4:].startswith(NOT_METHOD_PREFIXES)]
         varying = [c for c in cfg_cols if group[c].astype(str).nunique() > 1]
         label = first["model"] + " " + first["objective"]
         if first["distillation"] not in ("", "none"):
@@ -118,7 +122,7 @@ def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
         for idx, r in group.iterrows():
             extra = ",".join(f"{c[4:]}={r[c]}" for c in varying)
             runs.at[idx, "method"] = f"{label} [{extra}]" if extra else label
-            runs.at[idx, "setting"] = ",".join(f"{SHORT[c[4:]]}={r[c]}" for c in hp
+            runs.at[idx, "setting"] = ",".join(f"{short[c[4:]]}={r[c]}" for c in hp
                                                if c in r and pd.notna(r[c]))
     return runs
 
@@ -237,7 +241,7 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
             frame.to_csv(out / f"{name}.csv")
             files.append(out / f"{name}.csv")
     if plots:
-        from cmift.plots import write_plots
+        from cmift.report.plots import write_plots
 
         files += write_plots(runs, curves, out / "plots")
     return {"runs": len(runs), "files": files, "glue": glue, "delta": delta, "rule": rule}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -168,12 +169,36 @@ def _parse_row(task: GlueTask, row: list[str], width: int, label_idx: int, label
     return label_ids[raw]
 
 
-def source_fingerprint(task: GlueTask, glue_dir: Optional[str]) -> dict:
-    """What identifies the raw data, for cache keys: file sizes and mtimes, or the hub name."""
+@lru_cache(maxsize=None)  # per process; size and mtime in the key catch an edited file
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(task_name: str, glue_dir: Optional[str]) -> dict:
+    """What identifies a task's data, for run identities and cache keys: a hash of each file's
+    content (so another copy of the same files is the same data, and an edited or reordered
+    file is not), or the hub dataset's name. Missing files are named, not raised: the run
+    then fails on loading, with the usual one-line error."""
+    task = TASKS.get(task_name)
+    if task is None:
+        return {}
     if glue_dir is None:
         return {"hub": HUB_DATASET, "config": task.hub_config}
-    return {split: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-            for split, p in task_files(task, glue_dir).items()}
+    try:
+        files = task_files(task, glue_dir)
+    except DataError as e:
+        return {"error": str(e)}
+    out = {}
+    for split, p in files.items():
+        stat = p.stat()
+        out[split] = _file_digest(str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    return out
 
 
 def load_raw(task: GlueTask, glue_dir: Optional[str], skip_bad_rows: bool = False,

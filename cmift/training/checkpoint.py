@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cmift.runs import atomic_write
+from cmift.runs.files import atomic_write
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"

@@ -1,0 +1,113 @@
+"""Run identity: the settings a run actually reads, and a fingerprint of the data it reads.
+
+A run's directory is derived from it: readable (task/objective/model/seed and the overrides)
+plus a hash. Different settings never share a directory; the same settings map to the same one,
+which is what makes re-running a command resume or skip it. Left out: settings that cannot
+change a result (`knob(identity=False)`), the knob namespaces of methods the run does not use
+(the specs say which it reads), and knobs at their legacy value (added later, at the value that
+computes what runs computed before them), so adding a knob never re-keys finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cmift.config.spec import UNSET, find
+from cmift.config.validate import leaves
+
+_PATH_OVERRIDES = ("task", "objective", "model", "seed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    return value
+
+
+def _reader(cfg: DictConfig):
+    """key -> whether the run reads it, from the specs of its objective and distillation."""
+    objective = find("objective", cfg.objective.name)
+    distils = bool(objective and objective.distils)
+    namespaces = set(objective.reads if objective else ())
+    if distils:
+        loss = find("distillation", cfg.distillation.name)
+        namespaces |= set(loss.reads if loss else ())
+    tiny = cfg.model.name_or_path == "tiny"
+
+    def reads(key: str) -> bool:
+        group, _, rest = key.partition(".")
+        if group == "distillation" and not distils:
+            return False
+        if group in ("objective", "distillation") and "." in rest:
+            return f"{group}.{rest.split('.', 1)[0]}" in namespaces
+        return tiny or not key.startswith("model.tiny.")
+
+    return reads
+
+
+def identity(cfg: DictConfig, purpose: str = "run") -> dict:
+    """The settings that name a run (purpose 'run') or a teacher (purpose 'teacher': without
+    the evaluation settings, which cannot change a teacher), as a nested dict."""
+    from cmift.data.tasks import data_fingerprint
+
+    reads = _reader(cfg)
+    out: dict = {}
+    for key, value, meta in leaves(cfg):
+        legacy = meta.get("legacy", UNSET)
+        if (not meta.get("identity", True) or not reads(key)
+                or (purpose == "teacher" and not meta.get("teacher", True))
+                or (legacy is not UNSET and _plain(value) == _plain(legacy))):
+            continue
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _plain(value)
+    out.setdefault("data", {})["fingerprint"] = data_fingerprint(cfg.task.name,
+                                                                 cfg.data.glue_dir)
+    return out
+
+
+def config_hash(cfg: DictConfig, purpose: str = "run") -> str:
+    blob = json.dumps(identity(cfg, purpose), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in tree.items():
+        keys |= flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """`<task>/<objective>/<model>/seed=<seed>[,<overrides that name the run>]-<hash>`."""
+    named = flat_keys(identity(cfg))
+    kept = []
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key in _PATH_OVERRIDES or key.startswith("hydra"):
+            continue
+        if key in named or any(k.startswith(f"{key}.") for k in named):
+            kept.append(o.lstrip("+~"))
+    label = ",".join([f"seed={cfg.seed}", *sorted(kept)])
+    label = _UNSAFE.sub("_", label)[:120]
+    return f"{cfg.task.name}/{cfg.objective.name}/{cfg.model.name}/{label}-{config_hash(cfg)}"
+
+
+def _run_name_resolver(*, _root_: DictConfig) -> str:
+    return run_name(_root_, list(_root_.hydra.overrides.task))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cmift_run_name"):
+        OmegaConf.register_new_resolver("cmift_run_name", _run_name_resolver)

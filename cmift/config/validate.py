@@ -1,0 +1,55 @@
+"""Validation: every knob's range (declared with the knob), and the rules between groups that
+the method specs state (regression support, teacher and distillation loss)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from cmift.config.spec import ConfigError, iter_fields, method, options
+
+
+def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """(dotted key, value, knob metadata) for every leaf of a structured config node."""
+    metadata = {f.name: f.metadata for f in iter_fields(OmegaConf.get_type(node))}
+    for key in node.keys():
+        if key == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        value = node._get_node(key)
+        if isinstance(value, DictConfig):
+            yield from leaves(value, f"{path}.")
+        else:
+            yield path, node[key], metadata.get(key, {})
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse a bad config with one line naming the key, the value and what is allowed."""
+    from cmift.data.tasks import TASKS
+
+    _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {sorted(TASKS)}")
+    for key, value, meta in leaves(cfg):
+        check = meta.get("check")
+        if check is not None:
+            _require(check.ok(value), key, value, check.allowed)
+    objective = method("objective", cfg.objective.name)
+    distillation = method("distillation", cfg.distillation.name)
+    task = TASKS[cfg.task.name]
+    if task.is_regression and not objective.regression:
+        _require(False, "objective", objective.name,
+                 f"a classification objective; task {task.name} is regression (use "
+                 "objective=ce)")
+    losses = [n for n in options("distillation") if n != "none"]
+    if objective.distils:
+        _require(distillation.name != "none", "distillation", distillation.name,
+                 f"one of {losses} with objective={objective.name}")
+    else:
+        _require(distillation.name == "none", "distillation", distillation.name,
+                 f"none with objective={objective.name} (use objective=kd or max_cmi_kd to "
+                 "distil)")

@@ -1,0 +1,1 @@
+"""Models: backbones and tokenizers (hub, local, bundled, tiny), and students."""

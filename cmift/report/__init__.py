@@ -1,0 +1,1 @@
+"""Reports from run directories: GLUE tables and plots."""

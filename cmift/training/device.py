@@ -1,0 +1,83 @@
+"""Where a run computes: the device and autocast, batches moved to it, and the model's forward
+that an objective sees (inputs the model takes, the head's feature vector when asked)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import resource
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from cmift.models.backbones import FeatureTap
+from cmift.objectives import Outputs
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Device:
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # autocast dtype, None = fp32
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        return f"{name} ({amp})"
+
+
+def pick_device(precision: str) -> Device:
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        bf16_ok = torch.cuda.is_bf16_supported()
+        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
+                 "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return Device(torch.device("cuda"), dtype)
+    dtype = {"bf16": torch.bfloat16}.get(precision)  # fp16 autocast on CPU is not worth it
+    return Device(torch.device("cpu"), dtype)
+
+
+def pin_batch(batch: dict) -> dict:
+    """Page-locked host memory, so the copy to the GPU can overlap compute (non_blocking)."""
+    return {k: v.pin_memory() for k, v in batch.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_kwargs(model) -> tuple[str, ...]:
+    """The inputs this model's forward accepts (DistilBERT has no token_type_ids)."""
+    params = inspect.signature(model.forward).parameters
+    return tuple(k for k in MODEL_INPUTS if k in params)
+
+
+class Forward:
+    """model(batch) -> Outputs: picks the inputs the model takes, runs under the device's
+    autocast, and adds the head's feature vector when the objective asks for it."""
+
+    def __init__(self, model, device: Device, features: bool):
+        self.model, self.device = model, device
+        self.inputs = model_kwargs(model)
+        self.tap = FeatureTap(model) if features else None
+
+    def __call__(self, batch: dict) -> Outputs:
+        with self.device.autocast():
+            logits = self.model(**{k: batch[k] for k in self.inputs if k in batch}).logits
+        return Outputs(logits=logits, features=self.tap.value if self.tap else None)
+
+
+def peak_memory_mb(device: Device) -> dict:
+    """Peak memory of this process so far: host RSS, and CUDA memory allocated by torch."""
+    peak = {"host_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.device.type == "cuda":
+        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device.device) / 2**20, 1)
+    return peak

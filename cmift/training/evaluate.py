@@ -1,0 +1,83 @@
+"""Evaluation: eval-mode passes over a split, predictions, GLUE metrics and CMI diagnostics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from cmift.data.metrics import cmi_diagnostics, task_metrics
+from cmift.data.tasks import GlueTask, split_suffix
+from cmift.data.tokenized import PadCollator, Split, eval_batches
+from cmift.objectives import Outputs
+from cmift.training.device import Forward, to_device
+
+
+@dataclass
+class EvalResult:
+    metrics: dict  # flat: task metrics, loss, cmi, gamma, ncmi (suffixed _m/_mm on MNLI)
+    predictions: dict = field(default_factory=dict)  # split -> (idx, labels, preds, probs)
+
+
+def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
+                limit: Optional[int] = None, inference: bool = False
+                ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
+    """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
+    without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
+    these passes never change a run's random stream.
+
+    `inference=True` runs under torch.inference_mode (no autograd bookkeeping at all), for
+    outputs that only leave as NumPy; objectives' passes keep no_grad, because their state
+    (centroids) is later used by the loss and inference tensors cannot enter autograd."""
+    model = forward.model
+    was_training = model.training
+    model.eval()
+    grad_off = torch.inference_mode if inference else torch.no_grad
+    try:
+        for indices in eval_batches(split.lengths[:limit], batch_size):
+            batch = to_device(collator(indices), forward.device.device)
+            # grad mode is per thread: hold it only around the forward, never across a yield
+            with grad_off():
+                outputs = forward(batch)
+            yield outputs, batch["labels"], indices
+    finally:
+        model.train(was_training)
+
+
+def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int) -> np.ndarray:
+    """Logits for every example of `split`, in the split's order (under inference mode)."""
+    out = None
+    for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True):
+        logits = outputs.logits.float()
+        if out is None:
+            out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
+        out[indices] = logits.cpu().numpy()
+    return out
+
+
+def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collators: dict,
+             batch_size: int) -> EvalResult:
+    result = EvalResult(metrics={})
+    for name, split in splits.items():
+        logits = predict(forward, split, collators[name], batch_size)
+        labels = split.labels
+        sfx = split_suffix(task, name)
+        if task.is_regression:
+            preds = logits[:, 0]
+            m = task_metrics(task.metrics, preds, labels)
+            m["loss"] = float(np.mean((preds - labels) ** 2))
+            probs = None
+        else:
+            t = torch.from_numpy(logits)
+            probs = torch.softmax(t, -1).numpy()
+            preds = logits.argmax(-1)
+            m = task_metrics(task.metrics, preds, labels)
+            m["loss"] = float(torch.nn.functional.cross_entropy(t, torch.from_numpy(labels)))
+            m.update(cmi_diagnostics(probs, labels))
+        result.metrics.update({f"{k}{sfx}": v for k, v in m.items()})
+        result.predictions[name] = (split.idx, labels, preds, probs)
+    scores = [result.metrics[f"{k}{split_suffix(task, s)}"] for s in splits for k in task.metrics]
+    result.metrics["score"] = float(np.mean(scores))  # GLUE's per-task score: mean of its metrics
+    return result

@@ -1,0 +1,274 @@
+"""The training loop shared by every objective.
+
+Read top to bottom: `fit` starts (or resumes) a run and runs epochs; an epoch is a series of
+`train_step`s (one optimiser step over `train.grad_accum` micro-batches each), with evaluation
+and checkpoints scheduled between steps; the state lives in a TrainState.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from cmift.config.spec import choice
+from cmift.data.tasks import GlueTask
+from cmift.data.tokenized import PadCollator, Split, train_batches
+from cmift.objectives import Objective
+from cmift.runs.files import STEPS_FILE
+from cmift.training import checkpoint as ckpt
+from cmift.training.device import Device, Forward, pin_batch, to_device
+from cmift.training.evaluate import EvalResult, eval_passes, evaluate
+from cmift.training.optim import linear_schedule, make_optimizer, plan_steps
+from cmift.training.progress import TrainProgress
+from cmift.training.state import TrainState
+from cmift.training.steplog import StepLog
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite loss under train.nan_policy=fail."""
+
+
+@dataclass
+class FitResult:
+    evals: list
+    last: EvalResult
+    steps: int
+    epochs_done: float
+    train_seconds: float  # training wall time: steps plus the objective's passes
+    pass_seconds: float  # of which the objective's no-grad passes (CMI centroids)
+    train_examples: int
+    eval_seconds: float
+    eval_examples: int
+    train_tokens: int  # padded: batch width x batch size, summed over steps
+    forward: Forward  # the trained model behind the forward used in training
+    pad_id: int
+    skipped_steps: int = 0
+
+
+def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
+        pad_id: int, cfg, device: Device, run_dir: Path,
+        on_eval: Callable[[list], None]) -> FitResult:
+    """Train with `objective`, evaluating on `dev`; resumes from the run's latest checkpoint."""
+    return Loop(model, objective, task, train, dev, pad_id, cfg, device, run_dir, on_eval).fit()
+
+
+class Loop:
+    def __init__(self, model, objective, task, train, dev, pad_id, cfg, device, run_dir,
+                 on_eval):
+        self.cfg, self.t, self.task, self.device = cfg, cfg.train, task, device
+        self.train, self.dev, self.pad_id, self.run_dir = train, dev, pad_id, run_dir
+        self.on_eval = on_eval
+        model.to(device.device)
+        model.train()
+        self.forward = Forward(model, device, features=objective.needs_features)
+        self.collate = PadCollator(train, pad_id, task.is_regression)
+        self.dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
+        self.per_epoch, self.total = plan_steps(len(train), self.t)
+        optimizer = make_optimizer(model, self.t, device)
+        self.state = TrainState(
+            model=model, objective=objective, optimizer=optimizer,
+            scheduler=linear_schedule(optimizer, int(self.t.warmup_ratio * self.total),
+                                      self.total),
+            scaler=torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None,
+            generator=torch.Generator().manual_seed(cfg.seed))
+        self.steps_log = StepLog(run_dir / STEPS_FILE)
+        self.skip_nan = choice(self.t.nan_policy) == "skip"
+        self.progress = TrainProgress(self.total)
+        self.last: Optional[EvalResult] = None
+
+    # ----- the run ------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        self.start()
+        s, t = self.state, self.t
+        log.info("training: %d examples, %d steps (%d per epoch), batch %d x accum %d, lr %g",
+                 len(self.train), self.total, self.per_epoch, t.batch_size, t.grad_accum, t.lr)
+        try:
+            with self.progress.shown(s.step):
+                while s.step < self.total:
+                    self.run_epoch()
+        except KeyboardInterrupt:
+            # Ctrl-C: save the last step boundary, so that running the command again resumes.
+            self.steps_log.flush()
+            ckpt.save(self.run_dir, s.step, s.payload(), t.keep_checkpoints)
+            log.warning("interrupted at step %d; checkpoint saved, run the command again to "
+                        "resume", s.step)
+            raise
+        if self.last is None:  # resumed after the last evaluation had been checkpointed
+            self.last = self.evaluate_dev()
+        if s.skipped:
+            log.warning("%d steps skipped for non-finite loss", s.skipped)
+        return self.result()
+
+    def start(self) -> None:
+        """Resume from the latest readable checkpoint, or initialise the objective's state."""
+        payload = ckpt.latest(self.run_dir)
+        if payload is None:
+            self.steps_log.truncate_after(0)
+            self.objective_passes(self.state.objective.setup)
+            return
+        s = self.state
+        s.restore(payload, self.device.device)
+        self.steps_log.truncate_after(s.step)
+        log.info("resumed from %s: step %d, epoch %d, batch %d", payload["path"], s.step,
+                 s.epoch, s.position)
+
+    def run_epoch(self) -> None:
+        s = self.state
+        batches = self.epoch_batches()
+        accum = self.t.grad_accum
+        groups = [batches[i:i + accum] for i in range(s.position, len(batches), accum)]
+        s.clock.start()
+        for group in groups:
+            stepped = self.train_step(group)
+            if stepped and self.after_step(*stepped):
+                break
+        s.clock.stop()
+        self.check_finite(self.steps_log.flush())
+        s.position = 0  # the epoch is done (or so is training)
+        if s.step >= self.total or not self.t.eval_every:
+            self.run_eval()
+        if s.step < self.total:
+            self.checkpoint()
+
+    def epoch_batches(self) -> list[list[int]]:
+        """This epoch's batches: drawn anew at an epoch's start, or, when resuming inside an
+        epoch, drawn again from the generator state saved before its shuffle."""
+        s, t = self.state, self.t
+        if s.position == 0:
+            s.epoch += 1
+            s.epoch_generator = s.generator.get_state()
+            batches = train_batches(self.train.lengths, t.batch_size, s.generator,
+                                    t.group_by_length)
+            self.objective_passes(s.objective.on_epoch_start, s.epoch)
+            return batches
+        after = s.generator.get_state()
+        s.generator.set_state(s.epoch_generator)
+        batches = train_batches(self.train.lengths, t.batch_size, s.generator, t.group_by_length)
+        s.generator.set_state(after)
+        return batches
+
+    # ----- one optimiser step ----------------------------------------------------------------
+    def train_step(self, group: list[list[int]]) -> Optional[tuple[dict, float]]:
+        """Forward and backward over the micro-batches of `group`, then one optimiser step.
+        Returns the last micro-batch's loss terms and the step's learning rate, or None when
+        the step was skipped for a non-finite loss (train.nan_policy=skip)."""
+        s, t = self.state, self.t
+        for indices in group:
+            # A plain generator, not a DataLoader: a DataLoader iterator draws a seed from the
+            # global RNG when created, which would shift dropout masks on resume.
+            cpu_batch = self.collate(indices)
+            if self.device.device.type == "cuda":
+                cpu_batch = pin_batch(cpu_batch)
+            batch = to_device(cpu_batch, self.device.device)
+            terms = s.objective(self.forward(batch), batch)
+            loss = terms["loss"] / t.grad_accum
+            (s.scaler.scale(loss) if s.scaler else loss).backward()
+            s.examples += len(cpu_batch["labels"])
+            s.timing["train_tokens"] += cpu_batch["input_ids"].numel()
+            self.progress.examples += len(cpu_batch["labels"])
+        if self.skip_nan and not torch.isfinite(terms["loss"]).item():  # opted-in sync
+            s.optimizer.zero_grad(set_to_none=True)
+            s.skipped += 1
+            log.warning("step %d: non-finite loss, batch skipped (%d so far)", s.step + 1,
+                        s.skipped)
+            s.position += len(group)
+            return None
+        lr = self.optimizer_step()
+        s.objective.after_step()
+        s.at_step_boundary(len(group))
+        return terms, lr
+
+    def optimizer_step(self) -> float:
+        """Unscale, clip, step and schedule; returns the learning rate the step used."""
+        s = self.state
+        if s.scaler:
+            s.scaler.unscale_(s.optimizer)
+        if self.t.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), self.t.max_grad_norm)
+        lr = s.scheduler.get_last_lr()[0]
+        if s.scaler:
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            s.optimizer.step()
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    def after_step(self, terms: dict, lr: float) -> bool:
+        """Log the step, then evaluate and checkpoint when due; True when training is done."""
+        s, t = self.state, self.t
+        self.steps_log.add(s.step, s.epoch, terms, lr, s.clock.now())
+        if s.step % t.log_every == 0 or s.step == self.total:
+            means = self.steps_log.flush()  # the only host sync in the loop
+            self.check_finite(means)
+            self.progress.report(s.step, s.epoch, means["loss"])
+        self.progress.advance(s.step)
+        if s.step >= self.total:
+            return True
+        evaluate_now = bool(t.eval_every) and s.step % t.eval_every == 0
+        if evaluate_now or (t.save_every and s.step % t.save_every == 0):
+            with s.clock.paused():
+                if evaluate_now:
+                    self.run_eval()
+                self.checkpoint()
+        return False
+
+    # ----- evaluation, checkpoints, the objective's passes ------------------------------------
+    def evaluate_dev(self) -> EvalResult:
+        return evaluate(self.forward, self.task, self.dev, self.dev_collate,
+                        self.t.eval_batch_size)
+
+    def run_eval(self) -> None:
+        s = self.state
+        start = time.perf_counter()
+        self.last = self.evaluate_dev()
+        s.timing["eval_seconds"] += time.perf_counter() - start
+        s.timing["eval_examples"] += sum(len(split) for split in self.dev.values())
+        s.evals.append({"step": s.step, "epoch": round(s.step / self.per_epoch, 4),
+                        "dev": self.last.metrics})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.last.metrics.items())
+        log.info("eval step %d (epoch %.2f): %s", s.step, s.step / self.per_epoch, shown)
+        self.on_eval(s.evals)
+        self.progress.restart_interval()
+
+    def checkpoint(self) -> None:
+        self.check_finite(self.steps_log.flush())
+        path = ckpt.save(self.run_dir, self.state.step, self.state.payload(),
+                         self.t.keep_checkpoints)
+        log.info("checkpoint %s", path.name)
+        self.progress.restart_interval()
+
+    def check_finite(self, means: dict) -> None:
+        if means and not all(math.isfinite(v) for v in means.values()):
+            raise NonFiniteLoss(f"non-finite loss by step {self.state.step}: {means}; the last "
+                                f"good checkpoint is kept in {self.run_dir / ckpt.CKPT_DIR}")
+
+    def objective_passes(self, hook: Callable, *args) -> None:
+        """Run an objective hook that makes no-grad passes over the training set; its time
+        counts as training time."""
+        def passes(limit: Optional[int]):
+            for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
+                                                  self.t.eval_batch_size, limit):
+                yield outputs, labels
+
+        start = time.perf_counter()
+        hook(*args, passes)
+        seconds = time.perf_counter() - start
+        self.state.clock.seconds += seconds
+        self.state.timing["pass_seconds"] += seconds
+
+    def result(self) -> FitResult:
+        s = self.state
+        return FitResult(evals=s.evals, last=self.last, steps=s.step,
+                         epochs_done=s.step / self.per_epoch, train_seconds=s.clock.seconds,
+                         train_examples=s.examples, forward=self.forward, pad_id=self.pad_id,
+                         skipped_steps=s.skipped, **s.timing)

@@ -1,0 +1,152 @@
+"""One run, start to finish: teacher (when distilling), data, model, objective, fit, save.
+
+`run` owns the run directory's records; `_train` reads as the stages it logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cmift.config.spec import ConfigError, method
+from cmift.config.validate import validate
+from cmift.data.tasks import TASKS, data_fingerprint, load_raw
+from cmift.data.tokenized import Split, load_tokenized
+from cmift.models.backbones import (
+    build_tiny_tokenizer,
+    is_tiny,
+    load_model,
+    load_tokenizer,
+    max_positions,
+)
+from cmift.objectives import build as build_objective
+from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, write_json
+from cmift.runs.logs import setup_logging
+from cmift.runs.manifest import manifest
+from cmift.runs.predictions import write_predictions
+from cmift.runs.record import RunRecord
+from cmift.training import checkpoint as ckpt
+from cmift.training.device import peak_memory_mb, pick_device
+from cmift.training.loop import fit
+from cmift.training.teacher import (
+    build_student,
+    ensure_teacher,
+    student_model_config,
+    teacher_source,
+)
+
+log = logging.getLogger("cmift")
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
+        after_fit=None) -> dict:
+    """Train and evaluate one configuration in `run_dir`; returns the metrics record.
+    `after_fit(fit_result, train_split)` runs before the run is marked ok (the teacher stage
+    uses it to store training-set logits)."""
+    validate(cfg)
+    setup_logging(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.train.precision)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
+    record = RunRecord.start(cfg, run_dir, _overrides() if overrides is None else overrides)
+    log.info("run %s on %s", run_dir, device.describe())
+    try:
+        _train(cfg, device, run_dir, record, after_fit)
+    except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
+        record.fail(e)
+        if not isinstance(e, (ConfigError, KeyboardInterrupt)):
+            log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
+        raise
+    return record.data
+
+
+def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    task, teacher = TASKS[cfg.task.name], None
+    if method("objective", cfg.objective.name).distils:
+        teacher = ensure_teacher(cfg, run)
+        setup_logging(run_dir)  # the teacher stage logged into its own run directory
+        log.info("teacher %s %s: %s", teacher.key, "reused" if teacher.reused else "trained",
+                 teacher.run_dir)
+        record.update(teacher=teacher.summary())
+    model_cfg = student_model_config(cfg) if teacher else cfg.model
+    tokenizer, train, dev, skipped = prepare_data(cfg, model_cfg, task)
+    record.update(skipped_rows={split: len(lines) for split, lines in skipped.items()})
+    transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
+    context = {}
+    if teacher:
+        model, student = build_student(cfg, model_cfg, task, len(tokenizer))
+        record.update(student=student)
+        context["teacher"] = teacher_source(cfg, teacher, tokenizer, train, device)
+    else:
+        model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
+    objective = build_objective(cfg, task, **context)
+    log.info("model %s (%.1fM parameters), objective %s, task %s: %d train, %s dev",
+             record.data.get("student", cfg.model.name),
+             sum(p.numel() for p in model.parameters()) / 1e6, cfg.objective.name, task.name,
+             len(train), {k: len(v) for k, v in dev.items()})
+    result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
+                 on_eval=lambda evals: record.update(evals=evals))
+    if after_fit is not None:
+        after_fit(result, train)
+    if cfg.train.save_model:
+        save_weights(model, tokenizer, run_dir / MODEL_DIR)
+    ckpt.clear(run_dir)  # finished: the final weights (if kept) are what is left
+    write_predictions(run_dir, task, result.last.predictions)
+    record.finish(result, peak_memory_mb(device))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last.metrics.items())
+    log.info("done in %.0fs (%.1f train ex/s): %s", result.train_seconds,
+             record.data["train_examples_per_second"], shown)
+
+
+def prepare_data(cfg: DictConfig, model_cfg, task):
+    """(tokenizer, train Split, {dev split name: Split}, skipped rows) for `model_cfg`'s
+    tokenizer; the tokenization comes from the on-disk cache after the first run."""
+    limit = max_positions(model_cfg)
+    if cfg.data.max_seq_length > limit:
+        raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
+                          f"model {model_cfg.name} takes at most {limit} positions")
+    cache_dir = Path(cfg.data.cache_dir).expanduser()
+    if is_tiny(model_cfg):
+        def train_texts() -> list[str]:
+            train = load_raw(task, cfg.data.glue_dir, cfg.data.skip_bad_rows)["train"]
+            columns = [c for c in ("text_a", "text_b") if c in train.column_names]
+            return [text for c in columns for text in train[c]]
+
+        key = json.dumps(data_fingerprint(task.name, cfg.data.glue_dir), sort_keys=True)
+        key = f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        tokenizer = build_tiny_tokenizer(model_cfg, train_texts, cache_dir, key)
+    else:
+        tokenizer = load_tokenizer(model_cfg)
+    tokenized, skipped = load_tokenized(task, cfg.data, tokenizer)
+    train = Split.from_dataset(tokenized["train"])
+    dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
+    return tokenizer, train, dev, skipped
+
+
+def save_weights(model, tokenizer, folder: Path) -> None:
+    """Final weights (safetensors), config and tokenizer, loadable with from_pretrained."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -1,0 +1,129 @@
+"""Distillation set-up: the teacher stage and the student.
+
+A teacher is trained once per teacher identity (the run's backbone, task, seed, data
+fingerprint, recipe and its own objective's knobs; not the evaluation settings, which cannot
+change it) under <output_dir>/teachers/, with its training-set logits cached. Parallel students
+that need the same teacher serialise on a file lock: the first trains it, the others wait and
+reuse it. The student is a named model, or layers of the teacher backbone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cmift.config.identity import config_hash
+from cmift.config.schema import load_model_config, schema
+from cmift.config.spec import ConfigError, choice, method
+from cmift.data.tokenized import PadCollator, Split, tokenizer_fingerprint
+from cmift.models.backbones import load_model
+from cmift.models.students import keep_layers
+from cmift.objectives.distill import CachedTeacher, LiveTeacher
+from cmift.runs.files import METRICS_FILE, MODEL_DIR, TEACHERS_DIR, atomic_write, read_json
+from cmift.training.device import Forward
+from cmift.training.evaluate import predict
+
+log = logging.getLogger("cmift")
+LOGITS_FILE = "train_logits.npy"
+
+
+@dataclass
+class Teacher:
+    key: str
+    run_dir: Path
+    train_logits: np.ndarray  # (n_train, C), one row per training example in order
+    record: dict  # the teacher run's metrics.json
+    reused: bool
+
+    def summary(self) -> dict:
+        final = self.record.get("final", {})
+        return {"key": self.key, "run_dir": str(self.run_dir), "objective":
+                self.record.get("objective"), "reused": self.reused, "dev": final,
+                "dev_cmi": final.get("cmi"), "dev_ncmi": final.get("ncmi")}
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The config the teacher trains with: the run's backbone, task, seed, data and recipe, and
+    the objective its spec names as teacher; no distillation."""
+    values = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    values.pop("hydra", None)
+    values["objective"]["name"] = method("objective", cfg.objective.name).teacher
+    values["distillation"] = {"name": "none"}
+    values["train"]["save_model"] = True  # a live-logits student loads the teacher's weights
+    return OmegaConf.merge(OmegaConf.structured(schema()), values)
+
+
+def _ready(folder: Path) -> bool:
+    try:
+        ok = read_json(folder / METRICS_FILE).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+    return ok and (folder / LOGITS_FILE).is_file() and (folder / MODEL_DIR).is_dir()
+
+
+def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
+    """The teacher for `cfg`, trained now with `run(teacher_cfg, folder, overrides, after_fit)`
+    unless a finished one is stored under its key."""
+    tcfg = teacher_config(cfg)
+    key = config_hash(tcfg, purpose="teacher")
+    folder = (Path(cfg.output_dir) / TEACHERS_DIR / cfg.task.name / tcfg.objective.name /
+              cfg.model.name / f"seed={cfg.seed}-{key}")
+    folder.mkdir(parents=True, exist_ok=True)
+    reused = True
+    with open(folder / "teacher.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel student waits here for the teacher
+        if not _ready(folder):
+            reused = False
+            log.info("teacher %s: training (%s on %s) in %s", key, tcfg.objective.name,
+                     cfg.model.name, folder)
+
+            def store_logits(result, train: Split) -> None:
+                collate = PadCollator(train, result.pad_id, regression=False)
+                logits = predict(result.forward, train, collate, tcfg.train.eval_batch_size)
+                atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
+
+            run(tcfg, folder, overrides=[], after_fit=store_logits)
+    return Teacher(key, folder, np.load(folder / LOGITS_FILE), read_json(folder / METRICS_FILE),
+                   reused)
+
+
+def student_model_config(cfg: DictConfig):
+    """The model config whose tokenizer the student reads: the named student, or the backbone."""
+    return load_model_config(cfg.distillation.student) if cfg.distillation.student else cfg.model
+
+
+def build_student(cfg, model_cfg, task, vocab_size: int):
+    """(student model, its name): the named student model (`model_cfg`), or layers of the
+    teacher backbone's pretrained weights (DistilBERT's recipe)."""
+    if cfg.distillation.student:
+        return load_model(model_cfg, task.num_labels, False, vocab_size), model_cfg.name
+    backbone = load_model(cfg.model, task.num_labels, False, vocab_size)
+    student, layers = keep_layers(backbone, cfg.distillation.student_layers)
+    return student, f"{cfg.model.name}-L{'-'.join(map(str, layers))}"
+
+
+def teacher_source(cfg, teacher: Teacher, tokenizer, train: Split, device):
+    """What the student objective asks for each batch's teacher logits: the cached logits, or
+    (distillation.teacher_logits=live) the teacher model run on the batch."""
+    if len(teacher.train_logits) != len(train):
+        raise ConfigError(f"teacher {teacher.key} has logits for {len(teacher.train_logits)} "
+                          f"training examples, the student sees {len(train)}")
+    if choice(cfg.distillation.teacher_logits) == "cached":
+        return CachedTeacher(torch.from_numpy(teacher.train_logits))
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = teacher.run_dir / MODEL_DIR
+    if tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(folder))) != \
+            tokenizer_fingerprint(tokenizer):
+        raise ConfigError("distillation.teacher_logits=live is not allowed: the student's "
+                          "tokenizer differs from the teacher's; use cached")
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    model.to(device.device).eval()
+    return LiveTeacher(Forward(model, device, features=False))
