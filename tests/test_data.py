@@ -17,6 +17,18 @@ def tiny_tokenizer(fake_glue, tmp_path):
     return build_tiny_tokenizer(cfg.model, lambda: texts, tmp_path, "fake")
 
 
+def test_tiny_tokenizer_numbers_its_vocabulary_the_same_every_time(glue_dir, tmp_path):
+    """The WordPiece trainer numbers tokens in hash-map order; cmift renumbers them, so tiny
+    runs are reproducible across processes and machines."""
+    raw = load_raw(TASKS["mrpc"], glue_dir)
+    texts = [*raw["train"]["text_a"], *raw["train"]["text_b"]]
+    vocabs = [build_tiny_tokenizer(compose("model=tiny").model, lambda: texts, tmp_path / n,
+                                   "k").get_vocab() for n in ("a", "b", "c")]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    assert [vocabs[0][t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2,
+                                                                                    3, 4]
+
+
 def test_tokenization_is_cached_and_reused(fake_glue, tiny_tokenizer, tmp_path, monkeypatch):
     cfg = compose("model=tiny", f"data.glue_dir={fake_glue}", f"data.cache_dir={tmp_path}",
                   "data.max_seq_length=32")

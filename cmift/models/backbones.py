@@ -70,6 +70,12 @@ def build_tiny_tokenizer(model_cfg, texts, cache_dir: Path, key: str):
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(texts(), WordPieceTrainer(vocab_size=model_cfg.tiny.vocab_size,
                                                     special_tokens=SPECIAL_TOKENS))
+    # The trainer learns the same tokens in every process but numbers some of them in hash-map
+    # order, which differs between processes: renumber them (specials first, then sorted), so
+    # a tiny run gives the same results on every machine.
+    learned = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
+    tok.model = models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *learned])},
+                                 unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
