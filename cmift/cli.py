@@ -21,9 +21,10 @@ register_configs()
 register_resolvers()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr: exit 2 for a mistake in the input, 1 for a run that failed."""
     print(f"cmift: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -64,10 +65,14 @@ def _job(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         _fail(f"interrupted; partial run recorded in {run_dir}")
     except Exception as e:
+        from cmift.training.loop import NonFiniteLoss
+
         message = str(e) if isinstance(e, (ConfigError, DataError)) else f"{type(e).__name__}: {e}"
         if not sweeping:
             if isinstance(e, (ConfigError, DataError)):
                 _fail(message)
+            if isinstance(e, NonFiniteLoss):
+                _fail(f"run {run_dir} stopped: {e}", code=1)
             raise
         # In a sweep the failure is recorded (metrics.json, run.log) and the sweep goes on.
         print(f"cmift: run {run_dir} failed: {message}", file=sys.stderr)

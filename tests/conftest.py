@@ -74,3 +74,10 @@ def compose(*overrides: str, return_hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides),
                              return_hydra_config=return_hydra)
+
+
+def dev_evals(record: dict) -> str:
+    """A run's dev evaluations as comparable text: NaN equals NaN (an undefined NCMI)."""
+    import json
+
+    return json.dumps([e["dev"] for e in record["evals"]], sort_keys=True)

@@ -12,9 +12,9 @@ from cmift.config.validate import validate
 from cmift.data.tasks import TASKS
 from cmift.objectives import Outputs, build
 from cmift.objectives.centroids import Centroids
-from cmift.objectives.cmi import batch_cmi, batch_gamma, distribution
+from cmift.objectives.cmi_terms import FeatureMap, batch_cmi, batch_gamma
 from cmift.training.run import run
-from conftest import compose
+from conftest import compose, dev_evals
 
 RNG = np.random.default_rng(0)
 R = RNG.dirichlet(np.ones(5), size=12)  # 12 examples, K = 5
@@ -47,11 +47,17 @@ def t(a, dtype=torch.float32):
 
 
 def test_batch_cmi_and_gamma_golden():
-    r, y, q = t(R), t(Y, torch.long), t(Q)
-    assert batch_cmi(r, y, q).item() == pytest.approx(np_cmi(R, Y, Q), rel=1e-5)
-    assert batch_gamma(r, y, q).item() == pytest.approx(np_gamma(R, Y, Q), rel=1e-5)
-    ncmi = (batch_cmi(r, y, q) / batch_gamma(r, y, q)).item()
+    log_r, y, q = torch.log(t(R)), t(Y, torch.long), t(Q)
+    assert batch_cmi(log_r, y, q).item() == pytest.approx(np_cmi(R, Y, Q), rel=1e-5)
+    gamma = batch_gamma(log_r, y, q, "cross_entropy")
+    assert gamma.item() == pytest.approx(np_gamma(R, Y, Q), rel=1e-5)
+    ncmi = (batch_cmi(log_r, y, q) / gamma).item()
     assert ncmi == pytest.approx(np_cmi(R, Y, Q) / np_gamma(R, Y, Q), rel=1e-5)
+
+
+def _feature_map(**knobs):
+    c = compose("objective=min_cmi", *(f"objective.cmi.{k}={v}" for k, v in knobs.items()))
+    return FeatureMap(c.objective.cmi)
 
 
 def test_feature_distribution_standardises_then_tempers():
@@ -59,14 +65,15 @@ def test_feature_distribution_standardises_then_tempers():
     z = (h - h.mean(1, keepdims=True)) / (h.std(1, keepdims=True) + 1e-6)  # eps as in cmift
     for tau in (1.0, 0.5):
         want = np.exp(z / tau) / np.exp(z / tau).sum(1, keepdims=True)
-        got = distribution(Outputs(logits=None, features=t(h)), "feature", tau, "standardize")
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4)
-    raw = distribution(Outputs(logits=None, features=t(h)), "feature", 1.0, "none")
-    np.testing.assert_allclose(raw.numpy(), np.exp(h) / np.exp(h).sum(1, keepdims=True), rtol=1e-5)
-    logits = RNG.normal(size=(4, 3))
-    out = distribution(Outputs(logits=t(logits)), "output", 0.5, "standardize")
-    np.testing.assert_allclose(out.numpy(), np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+        got = _feature_map(feature_temperature=tau).log_r(Outputs(logits=None, features=t(h)))
+        np.testing.assert_allclose(got.exp().numpy(), want, rtol=1e-4)
+    raw = _feature_map(feature_norm="none").log_r(Outputs(logits=None, features=t(h)))
+    np.testing.assert_allclose(raw.exp().numpy(), np.exp(h) / np.exp(h).sum(1, keepdims=True),
                                rtol=1e-5)
+    logits = RNG.normal(size=(4, 3))
+    out = _feature_map(space="output").log_r(Outputs(logits=t(logits)))
+    np.testing.assert_allclose(out.exp().numpy(),
+                               np.exp(logits) / np.exp(logits).sum(1, keepdims=True), rtol=1e-5)
 
 
 def test_centroid_fit_is_the_class_mean():
@@ -126,7 +133,7 @@ def test_min_cmi_with_zero_weights_is_exactly_ce(glue_dir, tmp_path, space):
     ce = _tiny_run(glue_dir, tmp_path, "ce", "objective=ce")
     zero = _tiny_run(glue_dir, tmp_path, "zero", "objective=min_cmi", "objective.cmi.lam=0",
                      "objective.cmi.beta=0", f"objective.cmi.space={space}")
-    assert [e["dev"] for e in ce["evals"]] == [e["dev"] for e in zero["evals"]]
+    assert dev_evals(ce) == dev_evals(zero)
     steps = [json.loads(x) for x in (tmp_path / "zero" / "steps.jsonl").read_text().splitlines()]
     assert {"ce", "cmi", "gamma", "loss"} <= set(steps[0]) and steps[0]["loss"] == steps[0]["ce"]
 
@@ -155,7 +162,7 @@ def _one_step_cmi(objective_name, lam):
     def outputs():
         return Outputs(logits=model(input_ids=batch["input_ids"]).logits)
 
-    def passes(limit):
+    def passes(limit, train_mode=False):
         return [(outputs(), batch["labels"])]
 
     obj = build(cfg, TASKS["mrpc"])
@@ -167,7 +174,7 @@ def _one_step_cmi(objective_name, lam):
     obj(outputs(), batch)["loss"].backward()
     opt.step()
     with torch.no_grad():
-        return batch_cmi(torch.softmax(outputs().logits, -1), batch["labels"], q).item()
+        return batch_cmi(torch.log_softmax(outputs().logits, -1), batch["labels"], q).item()
 
 
 def test_one_step_of_min_cmi_lowers_and_max_cmi_raises_batch_cmi():

@@ -11,7 +11,7 @@ import torch
 
 from cmift.runs.rundir import claim_run_dir, release_run_dir
 from cmift.training.run import run
-from conftest import REPO, compose
+from conftest import REPO, compose, dev_evals
 
 
 def _cmift(*args, cwd):
@@ -65,7 +65,7 @@ def test_same_seed_gives_identical_runs(glue_dir, tmp_path):
                       f"data.glue_dir={glue_dir}", "data.max_eval_samples=64")
         (tmp_path / name).mkdir()
         results.append(run(cfg, tmp_path / name))
-    assert [e["dev"] for e in results[0]["evals"]] == [e["dev"] for e in results[1]["evals"]]
+    assert dev_evals(results[0]) == dev_evals(results[1])
     assert len(results[0]["evals"]) == 2
 
 

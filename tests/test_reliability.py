@@ -12,8 +12,7 @@ import torch
 
 from cmift.runs.files import write_json
 from cmift.training import checkpoint as ckpt
-from cmift.training.run import run
-from conftest import compose
+from conftest import dev_evals
 
 TINY = ["task=mrpc", "model=tiny", "data.max_train_samples=256", "data.max_eval_samples=64",
         "train.batch_size=16", "train.max_steps=40", "train.eval_every=10", "train.lr=1e-3"]
@@ -52,8 +51,8 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, obj
     assert "resumed from" in (run_dir / "run.log").read_text()
     reference, _ = _metrics(tmp_path / "clean")
     assert resumed["status"] == "ok"
-    assert [e["dev"] for e in resumed["evals"]] == [e["dev"] for e in reference["evals"]]
-    assert resumed["final"] == reference["final"]
+    assert dev_evals(resumed) == dev_evals(reference)
+    assert json.dumps(resumed["final"]) == json.dumps(reference["final"])
     steps = [json.loads(x)["step"] for x in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))  # every step logged once
     assert (run_dir / "model" / "model.safetensors").is_file()
@@ -112,27 +111,3 @@ def test_atomic_json_write_leaves_the_old_file_on_failure(tmp_path):
         write_json(path, circular)  # the write fails midway
     assert json.loads(path.read_text()) == {"status": "ok"}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-def test_nan_loss_fails_the_run_or_is_skipped(glue_dir, tmp_path, monkeypatch):
-    from cmift.objectives import ce
-
-    real = ce.task_loss
-    calls = {"n": 0}
-
-    def sometimes_nan(logits, labels, regression):
-        calls["n"] += 1
-        loss = real(logits, labels, regression)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(ce, "task_loss", sometimes_nan)
-    base = ["model=tiny", "train.max_steps=8", "train.log_every=2", f"data.glue_dir={glue_dir}",
-            "data.max_train_samples=128", "data.max_eval_samples=32", "train.batch_size=16"]
-    (tmp_path / "fail").mkdir()
-    with pytest.raises(Exception, match="non-finite loss by step 4"):
-        run(compose(*base), tmp_path / "fail")
-    assert json.loads((tmp_path / "fail" / "metrics.json").read_text())["status"] == "failed"
-    calls["n"] = 0
-    (tmp_path / "skip").mkdir()
-    out = run(compose(*base, "train.nan_policy=skip"), tmp_path / "skip")
-    assert out["status"] == "ok" and out["skipped_steps"] == 1 and out["steps"] == 8

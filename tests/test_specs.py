@@ -95,7 +95,7 @@ def test_identity_holds_only_what_the_run_reads(fake_glue):
                                                                              "validation"}
     assert "tiny" not in ce["model"] and "log_every" not in ce["train"]
     kd = identity(compose("objective=max_cmi_kd", "distillation=ttm"))
-    assert set(kd["objective"]) == {"name", "cmi"}  # the teacher's knobs
+    assert set(kd["objective"]) == {"name", "cmi", "version"}  # the teacher's knobs
     assert set(kd["distillation"]) == {"name", "student", "student_layers", "ttm"}
 
 

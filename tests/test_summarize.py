@@ -1,6 +1,7 @@
 """Tables from hand-made run directories: exact cells, hyperparameter selection, deltas."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,12 +10,14 @@ import pytest
 from cmift.report.summarize import write_tables
 
 
-def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m"):
-    folder = root / task / objective / model / f"seed={seed},lam={lam}"
+def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m", **data):
+    folder = root / task / objective / model / f"seed={seed},lam={lam},{data}"
     folder.mkdir(parents=True)
     config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
-              "objective": {"name": objective, "cmi": {"lam": lam or 0.0, "beta": 0.0}},
-              "distillation": {"name": "none"}, "train": {"epochs": 3}}
+              "objective": {"name": objective}, "train": {"epochs": 3},
+              "data": {"max_seq_length": 128, **data}}
+    if objective != "ce":  # as in real records: a run's identity holds only what it reads
+        config["objective"]["cmi"] = {"lam": lam or 0.0, "beta": 0.0}
     score = sum(metrics.values()) / len(metrics)
     record = {"schema_version": 1, "status": status, "task": task, "model": model,
               "objective": objective, "distillation": "none", "seed": seed, "config": config,
@@ -49,14 +52,14 @@ def runs(tmp_path):
 def test_glue_table_cells_selection_and_missing(runs):
     out = write_tables([str(runs)], runs / "tables", ["md", "tex", "csv"], "last", plots=False)
     glue = out["glue"]
-    assert list(glue.columns) == ["COLA (matthews_correlation)", "MRPC (accuracy/f1)",
+    assert list(glue.columns) == ["COLA (matthews_correlation)", "MRPC (f1/accuracy)",
                                   "RTE (accuracy)", "avg"]
     ce, cmi = glue.loc["m ce"], glue.loc["m min_cmi"]
     assert ce["RTE (accuracy)"] == "81.0±1.4 (n=2)"
-    assert ce["MRPC (accuracy/f1)"] == "81.0±1.4/91.0±1.4 (n=2)"
+    assert ce["MRPC (f1/accuracy)"] == "91.0±1.4/81.0±1.4 (n=2)"
     assert ce["COLA (matthews_correlation)"] == "—"  # never run: shown missing
     assert cmi["RTE (accuracy)"] == "86.0±1.4 (n=2) [lam=0.1,beta=0.0]"
-    assert cmi["MRPC (accuracy/f1)"] == "83.0±1.4/93.0±1.4 (n=2) [lam=1.0,beta=0.0] +1 failed"
+    assert cmi["MRPC (f1/accuracy)"] == "93.0±1.4/83.0±1.4 (n=2) [lam=1.0,beta=0.0] +1 failed"
     assert cmi["COLA (matthews_correlation)"] == "failed×1"
     assert cmi["avg"] == "87.0*"  # (86 + 88) / 2, and a task is missing
     assert ce["avg"] == "83.5*"
@@ -65,16 +68,20 @@ def test_glue_table_cells_selection_and_missing(runs):
 def test_delta_table_pairs_by_seed(runs):
     out = write_tables([str(runs)], runs / "tables", ["md"], "last", plots=False)
     delta = out["delta"]
-    assert delta.loc["m min_cmi", "RTE"] == "+5.0±0.0 (n=2)"
-    assert delta.loc["m min_cmi", "MRPC"] == "+2.0±0.0 (n=2)"  # scores .87/.89 vs .86/.87
+    assert delta.loc["m min_cmi", "RTE"] == "+5.0 [+5.0, +5.0] W2/L0 of 2"
+    assert delta.loc["m min_cmi", "MRPC"] == "+2.0 [+2.0, +2.0] W2/L0 of 2"  # .87/.89 - .86/.87
 
 
 def test_files_written_and_runs_csv_is_tidy(runs):
     out = write_tables([str(runs)], runs / "tables", ["md", "tex", "csv"], "best", plots=True)
     names = {p.name for p in out["files"]}
     assert {"runs.csv", "glue.md", "glue.tex", "glue.csv", "delta_vs_ce.md", "score_vs_lam.png",
-            "cmi_ncmi_curves.png"} <= names
-    assert r"\pm" in (runs / "tables" / "glue.tex").read_text()
+            "score_vs_lam.pdf", "cmi_ncmi_curves.png", "cmi_ncmi_curves.pdf"} <= names
+    tex = (runs / "tables" / "glue.tex").read_text()
+    assert r"\pm" in tex and tex.startswith(r"\begin{table}[t]") and r"\caption{" in tex
+    assert r"\label{tab:glue}" in tex and tex.rstrip().endswith(r"\end{table}")
+    assert r"\textbf{86.0$\pm$1.4 (n=2) [lam=0.1,beta=0.0]}" in tex  # the best RTE cell
+    assert r"m min\_cmi" in tex
     assert "chosen per task" in (runs / "tables" / "glue.md").read_text()
     import pandas as pd
 
@@ -91,3 +98,57 @@ def test_cmift_table_cli(runs):
     bad = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main; table_main()",
                           str(runs), "--format", "xls"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_cells_never_pool_runs_that_differ(tmp_path):
+    """A 50-example dev run is not averaged with a full one (null vs set differ)."""
+    make_run(tmp_path, "mrpc", "ce", 1, {"accuracy": 0.8, "f1": 0.9})
+    make_run(tmp_path, "mrpc", "ce", 2, {"accuracy": 0.6, "f1": 0.7}, max_eval_samples=50)
+    glue = write_tables([str(tmp_path)], tmp_path / "t", ["md"], "last", plots=False)["glue"]
+    assert sorted(glue.index) == ["m ce [data.max_eval_samples=50]",
+                                  "m ce [data.max_eval_samples=null]"]
+    subset = glue.loc["m ce [data.max_eval_samples=50]", "MRPC (f1/accuracy)"]
+    assert subset == "70.0/60.0 (n=1) {subset: dev 50}"  # one seed: no ±
+    assert glue.loc["m ce [data.max_eval_samples=null]", "MRPC (f1/accuracy)"] == \
+        "90.0/80.0 (n=1)"
+    md = (tmp_path / "t" / "glue.md").read_text()
+    assert "**90.0/80.0 (n=1)**" in md and "**70.0" not in md  # the best cell is bold
+
+
+def test_smoke_runs_are_labelled(tmp_path):
+    for seed in (1, 2):
+        make_run(tmp_path, "rte", "ce", seed, {"accuracy": 0.5 + seed / 100})
+    folder = tmp_path / "rte" / "ce" / "m"
+    for path in folder.rglob("metrics.json"):
+        record = json.loads(path.read_text())
+        record["config"]["train"]["max_steps"] = 20
+        path.write_text(json.dumps(record))
+    glue = write_tables([str(tmp_path)], tmp_path / "t", ["md"], "last", plots=False)["glue"]
+    assert glue.loc["m ce", "RTE (accuracy)"] == "51.5±0.7 (n=2) {smoke: max_steps 20}"
+
+
+def test_paired_delta_has_a_t_interval_and_wins():
+    import numpy as np
+
+    from cmift.report.tables import paired_delta
+
+    # mean 2, sd 1, n 3: half-width t(0.975, 2) * 1 / sqrt(3) = 4.3027 * 0.57735 = 2.484
+    assert paired_delta(np.array([1.0, 3.0, 2.0])) == "+2.0 [-0.5, +4.5] W3/L0 of 3"
+    assert paired_delta(np.array([-1.0])) == "-1.0 W0/L1 of 1"
+
+
+def test_new_users_two_runs_make_two_rows(glue_dir, tmp_path):
+    """The issue's command lines: a full-dev and a 50-example-dev smoke run are two rows."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    base = [sys.executable, "-m", "cmift", "task=mrpc", "model=tiny", "train.max_steps=20",
+            f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/o"]
+    for extra in (["seed=1"], ["seed=2", "data.max_eval_samples=50"]):
+        proc = subprocess.run([*base, *extra], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    table = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main; "
+                            "table_main()", f"{tmp_path}/o", "--no-plots"], capture_output=True,
+                           text=True)
+    assert table.returncode == 0, table.stderr
+    md = (tmp_path / "o" / "tables" / "glue.md").read_text()
+    assert "(n=2)" not in md and md.count("(n=1)") == 2
+    assert "{smoke: max_steps 20}" in md and "subset: dev 50" in md

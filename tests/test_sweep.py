@@ -60,8 +60,9 @@ def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
                            capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     md = (tmp_path / "out" / "tables" / "glue.md").read_text()
-    assert "MRPC (accuracy/f1)" in md and "RTE (accuracy)" in md and "±" in md
-    assert "(n=2) [lam=0.1,beta=0.0] +2 failed" in md
+    assert "MRPC (f1/accuracy)" in md and "RTE (accuracy)" in md and "±" in md
+    assert "(n=2) [lam=0.1,beta=0.0] {smoke: max_steps 4; subset: train 64; subset: dev 32} " \
+        "+2 failed" in md
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(glue_dir, tmp_path):

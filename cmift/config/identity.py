@@ -47,8 +47,8 @@ def _reader(cfg: DictConfig):
         group, _, rest = key.partition(".")
         if group == "distillation" and not distils:
             return False
-        if group in ("objective", "distillation") and "." in rest:
-            return f"{group}.{rest.split('.', 1)[0]}" in namespaces
+        if group in ("objective", "distillation") and "." in rest:  # a namespace, or one knob
+            return f"{group}.{rest.split('.', 1)[0]}" in namespaces or key in namespaces
         return tiny or not key.startswith("model.tiny.")
 
     return reads
@@ -74,6 +74,10 @@ def identity(cfg: DictConfig, purpose: str = "run") -> dict:
         node[leaf] = _plain(value)
     out.setdefault("data", {})["fingerprint"] = data_fingerprint(cfg.task.name,
                                                                  cfg.data.glue_dir)
+    for group in ("objective", "distillation"):
+        spec = find(group, cfg[group].name)
+        if spec is not None and spec.version != 1 and group in out:
+            out[group]["version"] = spec.version
     return out
 
 

@@ -117,6 +117,8 @@ class TrainConfig:
     keep_checkpoints: int = knob(2, POSITIVE_INT, identity=False)
     save_model: bool = knob(True, identity=False)  # final weights in <run dir>/model/
     nan_policy: NanPolicy = NanPolicy.fail
+    # nan_policy=skip: this many skipped steps in a row stop the run (a model gone NaN)
+    max_consecutive_skips: int = knob(5, POSITIVE_INT, identity=False)
     precision: Precision = Precision.auto
     # AdamW's fused kernel on CPU and CUDA (HF Trainer's default too); false = torch's foreach
     # implementation, which cmift used on CPU before (same maths, different rounding).

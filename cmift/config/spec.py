@@ -96,11 +96,15 @@ class MethodSpec:
     group: str  # the config group: objective | distillation
     name: str  # the option, conf/<group>/<name>.yaml
     summary: str  # one line, for docs and errors
-    reads: tuple[str, ...] = ()  # knob namespaces it reads, e.g. ("objective.cmi",)
+    # knob namespaces it reads, e.g. ("objective.cmi",), or single knobs ("objective.cmi.space")
+    reads: tuple[str, ...] = ()
     tuned: tuple[str, ...] = ()  # knobs the tables choose per task, e.g. ("objective.cmi.lam",)
     regression: bool = True  # works on regression tasks (STS-B)
     teacher: Optional[str] = None  # a distillation objective: the objective of its teacher
     can_teach: bool = False  # may be the teacher of a distillation objective
+    # Bump when a fix changes what the method computes: runs of an older version are then
+    # never taken for finished runs of this one (a version above 1 enters the run identity).
+    version: int = 1
 
     @property
     def distils(self) -> bool:

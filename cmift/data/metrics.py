@@ -76,25 +76,28 @@ def task_metrics(names: tuple[str, ...], pred: np.ndarray, ref: np.ndarray) -> d
 
 # ----- CMI diagnostics -----------------------------------------------------------------------
 # Dev-set diagnostics in output space (METHOD.md "Diagnostics"): centroids Q_c are the mean
-# prediction of each class on this dev pass; CMI = mean KL(q_i || Q_{y_i}); Gamma = mean cross
-# entropy of q_i against the other classes' centroids; NCMI = CMI / Gamma.
+# prediction of each class on this dev pass; CMI = mean KL(q_i || Q_{y_i}); Gamma in the KL form
+# of the released NCMI code, mean over i of (1/C) sum_{c != y_i} KL(Q_c || q_i) (C: the classes
+# present); NCMI = CMI / Gamma.
 EPS = 1e-8
 
 
-def cmi_diagnostics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    probs = np.asarray(probs, dtype=np.float64)
+def cmi_diagnostics(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """From the model's log-probabilities (log_softmax of the logits) and the labels."""
+    log_p = np.asarray(log_probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    n_classes = probs.shape[1]
+    probs = np.exp(log_p)
     present = np.unique(labels)
-    centroids = np.full_like(probs[:1].repeat(n_classes, 0), 1.0 / probs.shape[1])
+    centroids = np.full_like(probs[:1].repeat(probs.shape[1], 0), 1.0 / probs.shape[1])
     for c in present:
         centroids[c] = probs[labels == c].mean(axis=0)
-    log_p = np.log(np.clip(probs, EPS, None))
     log_q = np.log(np.clip(centroids, EPS, None))
     cmi = float(np.mean(np.sum(probs * (log_p - log_q[labels]), axis=1)))
     if len(present) < 2:
         return {"cmi": cmi, "gamma": float("nan"), "ncmi": float("nan")}
-    cross = -probs @ log_q[present].T  # (N, |present|): cross entropy against each centroid
-    own = (labels[:, None] == present[None, :])
-    gamma = float(np.mean(np.sum(np.where(own, 0.0, cross), axis=1) / (len(present) - 1)))
+    q = centroids[present]
+    kl = np.sum(q * log_q[present], axis=1)[None, :] - log_p @ q.T  # (N, |present|)
+    own = labels[:, None] == present[None, :]
+    # a KL is >= 0; rounding can leave -1e-17 when every prediction is the same
+    gamma = max(0.0, float(np.mean(np.sum(np.where(own, 0.0, kl), axis=1) / len(present))))
     return {"cmi": cmi, "gamma": gamma, "ncmi": cmi / gamma if gamma > 0 else float("nan")}

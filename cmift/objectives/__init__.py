@@ -28,9 +28,10 @@ class Outputs:
     features: Optional["torch.Tensor"] = None
 
 
-# `passes(limit)` yields (Outputs, labels) for the first `limit` training examples (all when
-# None), in eval mode without gradients: what an objective's state is initialised from.
-Passes = Callable[[Optional[int]], Iterable[tuple[Outputs, Any]]]
+# `passes(limit, train_mode=False)` yields (Outputs, labels) for the first `limit` training
+# examples (all when None), without gradients, in eval mode (or train mode: dropout on, drawing
+# from the global stream, which the caller must fork): what an objective's state is fit to.
+Passes = Callable[..., Iterable[tuple[Outputs, Any]]]
 
 
 class Objective:
@@ -49,6 +50,15 @@ class Objective:
 
     def after_step(self) -> None:
         """After every optimiser step."""
+
+    def discard_step(self) -> None:
+        """Instead of after_step, when the step was skipped (non-finite loss): drop whatever
+        the step's batches staged, so that a skipped batch leaves no trace."""
+
+    def decoder(self, passes: Passes) -> Optional[Callable[[Outputs], Any]]:
+        """Before each evaluation: a map from Outputs to class scores (argmax = prediction), or
+        None to predict from the logits."""
+        return None
 
     def state_dict(self) -> dict:
         return {}

@@ -30,16 +30,29 @@ class Centroids:
             self.q[seen] = _rows_sum_to_one(sums[seen] / counts[seen, None])
 
     def ema(self, r, y) -> None:
-        """Q_c <- m Q_c + (1 - m) mean_{i: y_i = c} r_i for each class c present in the batch."""
+        """Q_c <- m Q_c + (1 - m) mean_{i: y_i = c} r_i for each class c present in the batch;
+        rows of r that are not finite are left out (a NaN never enters a centroid)."""
         with torch.no_grad():
-            sums = torch.zeros_like(self.q).index_add_(0, y, r.detach().float())
+            r = r.detach().float()
+            finite = torch.isfinite(r).all(-1)
+            r = torch.where(finite[:, None], r, torch.zeros_like(r))
+            sums = torch.zeros_like(self.q).index_add_(0, y, r)
             counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
-            counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
+            counts.index_add_(0, y, finite.float())
             present = (counts > 0)[:, None]
             means = sums / counts.clamp(min=1)[:, None]
             m = self.momentum
             # torch.where keeps absent classes bit-for-bit; no host sync on which are present
             self.q = torch.where(present, _rows_sum_to_one(m * self.q + (1 - m) * means), self.q)
+
+    def anchor(self) -> None:
+        """The released NCMI code's fixed centroids: Q_c = sigmax(10 [I_C | 0]_c + 1e-6), a
+        near-uniform vector with a bump at coordinate c (needs K >= C)."""
+        n_classes, dim = self.q.shape
+        bumps = torch.zeros_like(self.q)
+        bumps[:, :n_classes] = 10.0 * torch.eye(n_classes, device=self.q.device)
+        s = torch.sigmoid(bumps + 1e-6)
+        self.q = s / s.sum(-1, keepdim=True)
 
     def state_dict(self) -> dict:
         return {"q": self.q.detach().cpu().clone(), "momentum": self.momentum}

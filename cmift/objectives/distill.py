@@ -46,7 +46,7 @@ register(
     MethodSpec("objective", "max_cmi_kd", "a max_cmi teacher (objective.cmi.* are its knobs), "
                "then the student with the distillation loss", teacher="max_cmi",
                reads=("objective.cmi",), tuned=("objective.cmi.lam", "objective.cmi.beta"),
-               regression=False),
+               regression=False, version=2),  # the max_cmi teacher's version
     MethodSpec("distillation", "none", "no distillation: trained directly on the task"),
     *(MethodSpec("distillation", name, f"{name.upper()} student loss",
                  reads=(f"distillation.{name}",),

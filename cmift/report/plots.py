@@ -1,5 +1,6 @@
-"""PNG plots of a set of runs: each task's score against lam and against the distillation
-temperature (mean and std over seeds), and dev CMI / NCMI across evaluations per method."""
+"""Figures of a set of runs, each as PDF and PNG: the task score against lam (and against the
+distillation temperature) with a band of ±1 std over seeds and the ce baseline as a band, and
+dev CMI / NCMI across training with seed bands."""
 
 from __future__ import annotations
 
@@ -7,65 +8,85 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmift.report.methods import task_score
 
-def _errorbar_plot(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> Path | None:
-    col = f"cfg.{knob}"
-    ok = runs[(runs["status"] == "ok") & runs.get(col, pd.Series(dtype=float)).notna()]
-    if col not in runs or ok.empty or ok[col].nunique() < 2:
-        return None
+
+def _save(fig, path: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    tasks = sorted(ok["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for method, g in ok[ok["task"] == task].groupby("method"):
-            stats = (g.assign(score=g["dev.score"] * 100).groupby(col)["score"]
-                     .agg(["mean", "std"]).reset_index().sort_values(col))
-            if len(stats) < 2:
-                continue
-            ax.errorbar(stats[col], stats["mean"], yerr=stats["std"].fillna(0), marker="o",
-                        capsize=3, label=method)
-        ax.set_xscale("log" if (ok[col] > 0).all() else "linear")
-        ax.set(title=task.upper(), xlabel=xlabel, ylabel="dev task score")
-        ax.legend(fontsize=7)
+    paths = [path.with_suffix(".pdf"), path.with_suffix(".png")]
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    for p in paths:
+        # fixed metadata: the same runs give the same bytes
+        fig.savefig(p, dpi=130, metadata={"CreationDate": None} if p.suffix == ".pdf" else
+                    {"Software": None})
     plt.close(fig)
-    return path
+    return paths
 
 
-def _curves_plot(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> Path | None:
-    if curves.empty or "dev.cmi" not in curves:
-        return None
+def _band(ax, x, mean, std, label, **style):
+    line = ax.plot(x, mean, marker="o", label=label, **style)[0]
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[Path]:
+    """Task score (x100) against `knob` per method, ce as a horizontal band, one panel a task."""
+    col = f"cfg.{knob}"
+    ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d) * 100)
+    swept = ok[ok[col].notna()] if col in ok else ok.iloc[0:0]
+    if swept.empty or swept[col].nunique() < 2:
+        return []
     import matplotlib.pyplot as plt
 
-    data = curves.merge(runs[runs["status"] == "ok"][["run_dir", "task", "method"]],
-                        on="run_dir")
+    tasks = sorted(swept["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        ce = ok[(ok["task"] == task) & (ok["objective"] == "ce")]["score"]
+        if len(ce):
+            ax.axhspan(ce.mean() - ce.std(ddof=1 if len(ce) > 1 else 0),
+                       ce.mean() + ce.std(ddof=1 if len(ce) > 1 else 0), color="grey", alpha=0.25)
+            ax.axhline(ce.mean(), color="grey", linestyle="--", label=f"ce (n={len(ce)})")
+        for method, g in swept[swept["task"] == task].groupby("method"):
+            stats = g.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
+            if len(stats) >= 2:
+                _band(ax, stats.index.to_numpy(float), stats["mean"].to_numpy(),
+                      stats["std"].fillna(0).to_numpy(), f"{method} (n={stats['count'].max()})")
+        if (swept[col] > 0).all():
+            ax.set_xscale("log")
+        ax.set(title=task.upper(), xlabel=xlabel, ylabel="dev task score")
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
+    """Dev CMI and NCMI per evaluation (epoch), mean ± std over seeds, per method and task."""
+    if evals.empty or "dev.cmi" not in evals:
+        return []
+    data = evals.merge(runs[runs["status"] == "ok"][["run_dir", "task", "method"]], on="run_dir")
     if data.empty:
-        return None
+        return []
+    import matplotlib.pyplot as plt
+
     tasks = sorted(data["task"].unique())
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 6), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6), squeeze=False)
     for j, task in enumerate(tasks):
         for method, g in data[data["task"] == task].groupby("method"):
-            mean = g.groupby("epoch")[["dev.cmi", "dev.ncmi"]].mean()
-            axes[0][j].plot(mean.index, mean["dev.cmi"], marker=".", label=method)
-            axes[1][j].plot(mean.index, mean["dev.ncmi"], marker=".", label=method)
-        axes[0][j].set(title=task.upper(), ylabel="dev CMI")
+            for row, metric in enumerate(("dev.cmi", "dev.ncmi")):
+                stats = g.groupby("epoch")[metric].agg(["mean", "std"])
+                _band(axes[row][j], stats.index.to_numpy(float), stats["mean"].to_numpy(),
+                      stats["std"].fillna(0).to_numpy(), method)
+        axes[0][j].set(title=task.upper(), ylabel="dev CMI (output space)")
         axes[1][j].set(xlabel="epoch", ylabel="dev NCMI")
-        axes[0][j].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        axes[0][j].legend(fontsize=6)
+    return _save(fig, path)
 
 
-def write_plots(runs: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
+def write_plots(runs: pd.DataFrame, evals: pd.DataFrame, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     folder.mkdir(parents=True, exist_ok=True)
-    made = [_errorbar_plot(runs, "objective.cmi.lam", "lam", folder / "score_vs_lam.png"),
-            _errorbar_plot(runs, "distillation.kd.temperature", "temperature",
-                           folder / "score_vs_temperature.png"),
-            _curves_plot(runs, curves, folder / "cmi_ncmi_curves.png")]
-    return [p for p in made if p is not None]
+    return [*sensitivity(runs, "objective.cmi.lam", "lam", folder / "score_vs_lam"),
+            *sensitivity(runs, "distillation.kd.temperature", "temperature",
+                         folder / "score_vs_temperature"),
+            *curves(runs, evals, folder / "cmi_ncmi_curves")]

@@ -39,8 +39,12 @@ class RunRecord:
                         error: str) -> "RunRecord":
         """A run that could not start (a bad config in a sweep): status failed."""
         folder.mkdir(parents=True, exist_ok=True)
+        try:  # its settings, for the tables: a failure is shown in its method's cell
+            settings = {"config_hash": config_hash(cfg), "config": identity(cfg)}
+        except Exception:  # noqa: BLE001 (a config too broken to name)
+            settings = {}
         record = cls(folder, {**cls._header(cfg, folder, overrides), "status": "failed",
-                              "error": error, "evals": []})
+                              **settings, "error": error, "evals": []})
         record.write()
         return record
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -22,18 +22,19 @@ class EvalResult:
 
 
 def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
-                limit: Optional[int] = None, inference: bool = False
+                limit: Optional[int] = None, inference: bool = False, train_mode: bool = False
                 ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
     """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
     without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
-    these passes never change a run's random stream.
+    these passes never change a run's random stream. `train_mode=True` keeps dropout on (its
+    masks come from the global stream: the caller forks it).
 
     `inference=True` runs under torch.inference_mode (no autograd bookkeeping at all), for
     outputs that only leave as NumPy; objectives' passes keep no_grad, because their state
     (centroids) is later used by the loss and inference tensors cannot enter autograd."""
     model = forward.model
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     grad_off = torch.inference_mode if inference else torch.no_grad
     try:
         for indices in eval_batches(split.lengths[:limit], batch_size):
@@ -46,11 +47,13 @@ def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_siz
         model.train(was_training)
 
 
-def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int) -> np.ndarray:
-    """Logits for every example of `split`, in the split's order (under inference mode)."""
+def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
+            decode: Optional[Callable[[Outputs], torch.Tensor]] = None) -> np.ndarray:
+    """Logits (or the class scores of `decode`) for every example of `split`, in the split's
+    order (under inference mode)."""
     out = None
     for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True):
-        logits = outputs.logits.float()
+        logits = (decode(outputs) if decode else outputs.logits).float()
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits.cpu().numpy()
@@ -58,10 +61,13 @@ def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: i
 
 
 def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collators: dict,
-             batch_size: int) -> EvalResult:
+             batch_size: int, decode: Optional[Callable[[Outputs], torch.Tensor]] = None
+             ) -> EvalResult:
+    """Task metrics, dev loss and output-space CMI diagnostics of each dev split; predictions
+    from the logits, or from the class scores of the objective's `decode`."""
     result = EvalResult(metrics={})
     for name, split in splits.items():
-        logits = predict(forward, split, collators[name], batch_size)
+        logits = predict(forward, split, collators[name], batch_size, decode)
         labels = split.labels
         sfx = split_suffix(task, name)
         if task.is_regression:
@@ -70,12 +76,12 @@ def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collato
             m["loss"] = float(np.mean((preds - labels) ** 2))
             probs = None
         else:
-            t = torch.from_numpy(logits)
-            probs = torch.softmax(t, -1).numpy()
+            log_probs = torch.log_softmax(torch.from_numpy(logits), -1)
+            probs = log_probs.exp().numpy()
             preds = logits.argmax(-1)
             m = task_metrics(task.metrics, preds, labels)
-            m["loss"] = float(torch.nn.functional.cross_entropy(t, torch.from_numpy(labels)))
-            m.update(cmi_diagnostics(probs, labels))
+            m["loss"] = float(torch.nn.functional.nll_loss(log_probs, torch.from_numpy(labels)))
+            m.update(cmi_diagnostics(log_probs.numpy(), labels))
         result.metrics.update({f"{k}{sfx}": v for k, v in m.items()})
         result.predictions[name] = (split.idx, labels, preds, probs)
     scores = [result.metrics[f"{k}{split_suffix(task, s)}"] for s in splits for k in task.metrics]

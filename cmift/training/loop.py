@@ -22,6 +22,7 @@ from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.objectives import Objective
 from cmift.runs.files import STEPS_FILE
 from cmift.training import checkpoint as ckpt
+from cmift.training import faults
 from cmift.training.device import Device, Forward, pin_batch, to_device
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
 from cmift.training.optim import linear_schedule, make_optimizer, plan_steps
@@ -81,6 +82,7 @@ class Loop:
             generator=torch.Generator().manual_seed(cfg.seed))
         self.steps_log = StepLog(run_dir / STEPS_FILE)
         self.skip_nan = choice(self.t.nan_policy) == "skip"
+        self.consecutive_skips = 0
         self.progress = TrainProgress(self.total)
         self.last: Optional[EvalResult] = None
 
@@ -158,33 +160,54 @@ class Loop:
     # ----- one optimiser step ----------------------------------------------------------------
     def train_step(self, group: list[list[int]]) -> Optional[tuple[dict, float]]:
         """Forward and backward over the micro-batches of `group`, then one optimiser step.
-        Returns the last micro-batch's loss terms and the step's learning rate, or None when
-        the step was skipped for a non-finite loss (train.nan_policy=skip)."""
+        Returns the step's loss terms (the mean over its micro-batches) and learning rate, or
+        None when the step was skipped for a non-finite loss (train.nan_policy=skip)."""
         s, t = self.state, self.t
-        for indices in group:
+        terms: dict = {}
+        for micro, indices in enumerate(group):
             # A plain generator, not a DataLoader: a DataLoader iterator draws a seed from the
             # global RNG when created, which would shift dropout masks on resume.
             cpu_batch = self.collate(indices)
             if self.device.device.type == "cuda":
                 cpu_batch = pin_batch(cpu_batch)
             batch = to_device(cpu_batch, self.device.device)
-            terms = s.objective(self.forward(batch), batch)
-            loss = terms["loss"] / t.grad_accum
+            attempt = s.step + s.skipped + 1
+            outputs = faults.outputs(self.forward(batch), attempt, micro, len(group) - 1)
+            batch_terms = s.objective(outputs, batch)
+            if faults.active("nan_loss", attempt, micro, len(group) - 1):
+                batch_terms["loss"] = batch_terms["loss"] * float("nan")
+            loss = batch_terms["loss"] / t.grad_accum
             (s.scaler.scale(loss) if s.scaler else loss).backward()
+            for k, v in batch_terms.items():  # every micro-batch counts, not just the last
+                terms[k] = terms.get(k, 0) + v.detach() / len(group)
             s.examples += len(cpu_batch["labels"])
             s.timing["train_tokens"] += cpu_batch["input_ids"].numel()
             self.progress.examples += len(cpu_batch["labels"])
         if self.skip_nan and not torch.isfinite(terms["loss"]).item():  # opted-in sync
-            s.optimizer.zero_grad(set_to_none=True)
-            s.skipped += 1
-            log.warning("step %d: non-finite loss, batch skipped (%d so far)", s.step + 1,
-                        s.skipped)
-            s.position += len(group)
+            self.skip_step(len(group))
             return None
+        self.consecutive_skips = 0
         lr = self.optimizer_step()
         s.objective.after_step()
         s.at_step_boundary(len(group))
         return terms, lr
+
+    def skip_step(self, micro_batches: int) -> None:
+        """Drop a step whose loss is not finite: no update, no trace in the objective's state;
+        too many in a row (a model gone NaN) stop the run."""
+        s = self.state
+        s.optimizer.zero_grad(set_to_none=True)
+        s.objective.discard_step()
+        s.skipped += 1
+        s.position += micro_batches
+        self.consecutive_skips += 1
+        log.warning("step %d: non-finite loss, batch skipped (%d so far)", s.step + 1, s.skipped)
+        if self.consecutive_skips >= self.t.max_consecutive_skips:
+            raise NonFiniteLoss(
+                f"{self.consecutive_skips} consecutive steps had a non-finite loss (the last "
+                f"at step {s.step + 1}; train.max_consecutive_skips="
+                f"{self.t.max_consecutive_skips}); the last good checkpoint is kept in "
+                f"{self.run_dir / ckpt.CKPT_DIR}")
 
     def optimizer_step(self) -> float:
         """Unscale, clip, step and schedule; returns the learning rate the step used."""
@@ -224,8 +247,11 @@ class Loop:
 
     # ----- evaluation, checkpoints, the objective's passes ------------------------------------
     def evaluate_dev(self) -> EvalResult:
+        """Dev metrics; an objective that predicts without the head (ncmi's centroid decoding)
+        first fits its decoder to the training set (timed as evaluation)."""
+        decode = self.state.objective.decoder(self.train_passes)
         return evaluate(self.forward, self.task, self.dev, self.dev_collate,
-                        self.t.eval_batch_size)
+                        self.t.eval_batch_size, decode)
 
     def run_eval(self) -> None:
         s = self.state
@@ -248,23 +274,26 @@ class Loop:
         self.progress.restart_interval()
 
     def check_finite(self, means: dict) -> None:
-        if means and not all(math.isfinite(v) for v in means.values()):
+        """The loss only: the other terms are diagnostics (a term weighted 0 may be NaN)."""
+        if means and not math.isfinite(means["loss"]):
             raise NonFiniteLoss(f"non-finite loss by step {self.state.step}: {means}; the last "
                                 f"good checkpoint is kept in {self.run_dir / ckpt.CKPT_DIR}")
 
     def objective_passes(self, hook: Callable, *args) -> None:
         """Run an objective hook that makes no-grad passes over the training set; its time
         counts as training time."""
-        def passes(limit: Optional[int]):
-            for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
-                                                  self.t.eval_batch_size, limit):
-                yield outputs, labels
-
         start = time.perf_counter()
-        hook(*args, passes)
+        hook(*args, self.train_passes)
         seconds = time.perf_counter() - start
         self.state.clock.seconds += seconds
         self.state.timing["pass_seconds"] += seconds
+
+    def train_passes(self, limit: Optional[int], train_mode: bool = False):
+        """The objective's no-grad passes over the first `limit` training examples."""
+        for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
+                                              self.t.eval_batch_size, limit,
+                                              train_mode=train_mode):
+            yield outputs, labels
 
     def result(self) -> FitResult:
         s = self.state

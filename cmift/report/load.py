@@ -1,0 +1,72 @@
+"""Run directories -> one tidy DataFrame: one row per run (its identity settings as `cfg.*`
+columns, and the dev metrics of the evaluation asked for), and one row per evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from cmift.data.tasks import TASKS, split_suffix
+from cmift.runs.files import METRICS_FILE, TABLES_DIR, TEACHERS_DIR
+
+
+def official_metrics(task: str) -> list[str]:
+    """Metric column names of a task's official GLUE numbers, in the leaderboard's order
+    (MRPC and QQP: F1 before accuracy; MNLI: matched, then mismatched)."""
+    t = TASKS[task]
+    order = sorted(t.metrics, key=lambda m: m != "f1")
+    return [f"{m}{split_suffix(t, s)}" for s in t.dev_splits for m in order]
+
+
+def find_runs(folders: list[str], include_teachers: bool = False) -> list[Path]:
+    found = []
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            if not include_teachers and TEACHERS_DIR in dirs:
+                dirs.remove(TEACHERS_DIR)
+            dirs[:] = [d for d in dirs if d not in (TABLES_DIR, ".hydra")]
+            if METRICS_FILE in files:
+                found.append(Path(root) / METRICS_FILE)
+    return sorted(found)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, evals): one row per run with its config and `epoch` ('last' or 'best') dev
+    metrics; and one row per (run, evaluation) with every dev metric, for curves."""
+    rows, curves = [], []
+    for path in find_runs(folders):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            rows.append({"run_dir": str(path.parent), "status": "unreadable", "error": str(e)})
+            continue
+        row = {"run_dir": str(path.parent), "status": m.get("status"), "error": m.get("error"),
+               "task": m.get("task"), "model": m.get("model"), "objective": m.get("objective"),
+               "distillation": m.get("distillation"), "student": m.get("student"),
+               "seed": m.get("seed"), "train_examples_per_second":
+                   m.get("train_examples_per_second")}
+        row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
+        chosen = m.get("final" if epoch == "last" else "best") or {}
+        row.update({f"dev.{k}": v for k, v in chosen.items()})
+        rows.append(row)
+        for e in m.get("evals", []):
+            curves.append({"run_dir": row["run_dir"], "step": e["step"], "epoch": e["epoch"],
+                           **{f"dev.{k}": v for k, v in e["dev"].items()}})
+    runs = pd.DataFrame(rows)
+    for col in [c for c in runs.columns if c.startswith("cfg.")]:  # 50 stays 50, not 50.0
+        runs[col] = pd.Series([row.get(col) for row in rows], index=runs.index, dtype=object)
+    return runs, pd.DataFrame(curves)

@@ -1,0 +1,105 @@
+"""Which runs a table cell may pool, and the hyperparameter chosen per task.
+
+A *method* is a model, objective, distillation loss and student, plus every identity setting
+that differs between runs of the same task (null and set count as different): a cell never
+pools runs that could differ for any reason but the seed and the tuned hyperparameters. The
+*setting* is the tuned knobs' values (from the method specs), chosen per task by the best mean
+task score over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from cmift.config.spec import find
+
+# Never define a method: what is averaged over, and which task a run is.
+NOT_METHOD = {"cfg.seed", "cfg.task.name"}
+
+
+def hparam_keys(objective: str, distillation: str) -> list[str]:
+    """The knobs chosen per task: what the specs of the run's objective and (when it distils)
+    its distillation loss say the tables tune."""
+    spec = find("objective", objective)
+    if spec is None:
+        return []
+    loss = find("distillation", distillation) if spec.distils else None
+    return list(spec.tuned) + list(loss.tuned if loss else ())
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Knob labels for table cells: the leaf name (lam), or namespace.leaf when two collide."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: leaf if leaves.count(leaf) == 1 else ".".join(k.split(".")[-2:])
+            for k, leaf in zip(keys, leaves)}
+
+
+def as_text(value) -> str:
+    """A setting as text, with every kind of missing value as 'null'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "null"
+    return str(value)
+
+
+def _label(first) -> str:
+    label = f"{first['model']} {first['objective']}"
+    if first["distillation"] not in ("", "none"):
+        label += f" ({first['distillation']}"
+        label += f" -> {first['student']})" if first["student"] else ")"
+    return label
+
+
+def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
+    """Adds `method` (a readable label) and `setting` (the tuned knobs' values)."""
+    runs = runs.copy()
+    if runs.empty:
+        return runs.assign(method=[], setting=[])
+    for col in ("student", "distillation"):
+        runs[col] = runs[col].fillna("")
+    runs["method"], runs["setting"] = "", ""
+    for _, group in runs.groupby(["model", "objective", "distillation", "student"],
+                                 dropna=False, sort=False):
+        first = group.iloc[0]
+        tuned = hparam_keys(first["objective"], first["distillation"])
+        short = short_names(tuned)
+        hp = [f"cfg.{k}" for k in tuned]
+        cols = [c for c in group.columns if c.startswith("cfg.") and c not in hp
+                and c not in NOT_METHOD]
+        texts = group[cols].map(as_text)
+        per_task = texts.groupby(group["task"]).nunique()
+        varying = [c for c in cols if (per_task[c] > 1).any()]
+        for idx in group.index:
+            extra = ",".join(f"{c[4:]}={texts.at[idx, c]}" for c in varying)
+            runs.at[idx, "method"] = f"{_label(first)} [{extra}]" if extra else _label(first)
+            runs.at[idx, "setting"] = ",".join(f"{short[c[4:]]}={as_text(runs.at[idx, c])}"
+                                               for c in hp if c in runs)
+    return runs
+
+
+def task_score(runs: pd.DataFrame) -> pd.Series:
+    """GLUE's per-task score of each run: the mean of its official metrics."""
+    return runs.get("dev.score", pd.Series(np.nan, index=runs.index))
+
+
+def select(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, task): the setting with the best mean task score over its ok seeds."""
+    ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
+    means = ok.groupby(["method", "task", "setting"])["score"].mean().reset_index()
+    best = means.loc[means.groupby(["method", "task"])["score"].idxmax()]
+    return best[["method", "task", "setting"]]
+
+
+def scope(cell_runs: pd.DataFrame) -> str:
+    """'' for runs on the whole data, else what limited them: a smoke run (train.max_steps) or
+    a subset (data.max_train_samples / max_eval_samples), labelled in the table cell."""
+    notes = []
+    for col, name in (("cfg.train.max_steps", "smoke: max_steps"),
+                      ("cfg.data.max_train_samples", "subset: train"),
+                      ("cfg.data.max_eval_samples", "subset: dev")):
+        values = cell_runs[col].dropna().unique() if col in cell_runs else []
+        if len(values):
+            notes.append(f"{name} {','.join(str(int(v)) for v in sorted(values))}")
+    return "; ".join(notes)

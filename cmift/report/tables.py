@@ -1,0 +1,139 @@
+"""GLUE tables: one row per method, one column per task (mean ± std over seeds, n), the best
+cell per column marked; and the paired differences to ce with 95% confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from cmift.data.tasks import TASKS
+from cmift.report.load import official_metrics
+from cmift.report.methods import as_text, scope, select, task_score
+
+
+def _cell(values: pd.Series) -> str:
+    v = values.dropna() * 100
+    if v.empty:
+        return "—"
+    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f}±{v.std(ddof=1):.1f}"
+
+
+def _task_cell(cell_runs: pd.DataFrame, setting: str, task: str) -> tuple[str, float]:
+    failed = int((cell_runs["status"] != "ok").sum())
+    sel = cell_runs[(cell_runs["status"] == "ok") & (cell_runs["setting"] == setting)]
+    text = "/".join(_cell(sel[f"dev.{m}"]) for m in official_metrics(task) if f"dev.{m}" in sel)
+    text += f" (n={len(sel)})"
+    if setting:
+        text += f" [{setting}]"
+    if note := scope(sel):
+        text += f" {{{note}}}"
+    if failed:
+        text += f" +{failed} failed"
+    return text, float(task_score(sel).mean())
+
+
+def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(display table of strings, numeric table of mean task scores x100), one row per method."""
+    tasks = [t for t in TASKS if t in set(runs["task"].dropna())]
+    chosen = select(runs)
+    display, numeric = {}, {}
+    for method, group in runs.groupby("method", sort=True):
+        disp, num = {}, {}
+        for task in tasks:
+            cell_runs = group[group["task"] == task]
+            pick = chosen[(chosen["method"] == method) & (chosen["task"] == task)]
+            if pick.empty:
+                failed = int((cell_runs["status"] != "ok").sum())
+                disp[task], num[task] = (f"failed×{failed}" if failed else "—"), np.nan
+                continue
+            disp[task], score = _task_cell(cell_runs, pick["setting"].iloc[0], task)
+            num[task] = score * 100
+        scores = [num[t] for t in tasks]
+        done = [s for s in scores if not math.isnan(s)]
+        num["avg"] = float(np.mean(done)) if done else np.nan
+        disp["avg"] = "—" if not done else f"{num['avg']:.1f}" + (
+            "" if len(done) == len(scores) else "*")
+        display[method], numeric[method] = disp, num
+    headers = {t: f"{t.upper()} ({'/'.join(official_metrics(t))})" for t in tasks}
+    frame = pd.DataFrame.from_dict(display, orient="index").rename(columns=headers)
+    means = pd.DataFrame.from_dict(numeric, orient="index").rename(columns=headers)
+    return frame, means
+
+
+def paired_delta(diffs: np.ndarray) -> str:
+    """'mean [95% CI] W/L of n' for paired differences in points (t interval over seeds)."""
+    from scipy import stats
+
+    n = len(diffs)
+    wins, losses = int((diffs > 0).sum()), int((diffs < 0).sum())
+    text = f"{diffs.mean():+.1f}"
+    if n > 1:
+        sem = diffs.std(ddof=1) / math.sqrt(n)
+        if sem > 0:
+            lo, hi = stats.t.interval(0.95, n - 1, loc=diffs.mean(), scale=sem)
+        else:
+            lo = hi = diffs.mean()
+        text += f" [{lo:+.1f}, {hi:+.1f}]"
+    return f"{text} W{wins}/L{losses} of {n}"
+
+
+def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each method minus ce on the same recipe (model, data and train settings) and seed,
+    paired on the task score (points): mean, 95% confidence interval and wins/losses."""
+    ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
+    ok = ok.merge(select(runs), on=["method", "task", "setting"])
+    recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
+    ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
+    ce = ok[ok["objective"] == "ce"][["task", "recipe", "seed", "score"]]
+    table = {}
+    for method, group in ok[ok["objective"] != "ce"].groupby("method"):
+        cells = {}
+        for task, g in group.groupby("task"):
+            pairs = g.merge(ce, on=["task", "recipe", "seed"], suffixes=("", "_ce"))
+            if pairs.empty:
+                cells[task] = "no ce pair"
+                continue
+            cells[task] = paired_delta((pairs["score"] - pairs["score_ce"]).to_numpy() * 100)
+        table[method] = cells
+    frame = pd.DataFrame.from_dict(table, orient="index")
+    return frame[[t for t in TASKS if t in frame.columns]].rename(columns=str.upper)
+
+
+def best_cells(frame: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
+    """A boolean mask: the cells with the highest mean score of their column."""
+    mask = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for col in frame.columns:
+        if col in means and means[col].notna().sum() > 1:
+            mask[col] = means[col] == means[col].max()
+    return mask
+
+
+def to_markdown(frame: pd.DataFrame, mask: pd.DataFrame | None = None) -> str:
+    shown = frame.copy()
+    if mask is not None:
+        shown = shown.where(~mask, "**" + shown.astype(str) + "**")
+    return shown.to_markdown()
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    out = "".join(_TEX.get(ch, ch) for ch in str(text))
+    return (out.replace("±", r"$\pm$").replace("—", "--").replace("×", r"$\times$")
+            .replace("->", r"$\to$"))
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str,
+             mask: pd.DataFrame | None = None) -> str:
+    """A complete LaTeX `table` (booktabs), with caption and label; best cells in \\textbf."""
+    cells = frame.map(_tex)
+    if mask is not None:
+        cells = cells.where(~mask, r"\textbf{" + cells + "}")
+    cells.index = [_tex(i) for i in cells.index]
+    cells.columns = [_tex(c) for c in cells.columns]
+    return cells.reset_index(names="method").to_latex(
+        index=False, escape=False, caption=_tex(caption), label=label, position="t")

@@ -1,0 +1,43 @@
+"""Fault injection at known points, for tests of what happens when things go wrong (never a
+timer): `CMIFT_FAULTS="nan_loss@3"` makes the loss of the 3rd optimiser-step attempt NaN (its
+last micro-batch; attempts count skipped steps too, so a fault fires once), `nan_loss@3.0`
+only its first micro-batch; `nan_outputs@3` makes the model's outputs (logits and features)
+NaN instead; several faults are comma-separated."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+ENV = "CMIFT_FAULTS"
+
+
+@lru_cache(maxsize=8)
+def _parse(spec: str) -> frozenset:
+    faults = set()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, where = item.partition("@")
+        step, _, micro = where.partition(".")
+        faults.add((name, int(step), int(micro) if micro else -1))
+    return frozenset(faults)
+
+
+def active(name: str, attempt: int, micro: int, last_micro: int) -> bool:
+    """Whether fault `name` is set for micro-batch `micro` of step attempt `attempt` (1-based)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return False
+    faults = _parse(spec)
+    return (name, attempt, micro) in faults or (micro == last_micro and
+                                               (name, attempt, -1) in faults)
+
+
+def outputs(out, attempt: int, micro: int, last_micro: int):
+    """The model's outputs, made NaN where `nan_outputs` is set."""
+    if not active("nan_outputs", attempt, micro, last_micro):
+        return out
+    from dataclasses import replace
+
+    nan = float("nan")
+    return replace(out, logits=out.logits * nan,
+                   features=None if out.features is None else out.features * nan)
