@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 GLUE_DIR ?= $(abspath $(firstword $(wildcard ../shared/glue)))
 export GLUE_DIR
 
-.PHONY: install test test-all demo smoke table bench lint clean-cache
+.PHONY: install test test-all demo smoke table results bench lint clean-cache
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH)
@@ -29,6 +29,9 @@ smoke:      # a 20-step tiny-model run, seconds
 
 table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under outputs/
 	$(PYTHON) -c "from cmift.cli import table_main; table_main()" outputs
+
+results:    # docs/RESULTS.md and docs/figures/ from the committed run records under results/
+	$(PYTHON) -m cmift.report.results --results results --doc docs/RESULTS.md
 
 bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~30 min)
 	$(PYTHON) bench/run_all.py --glue-dir $(GLUE_DIR)

@@ -110,6 +110,10 @@ def main() -> None:
         _job()
     except (HydraException, OmegaConfBaseException) as e:
         _fail(_one_line(e))
+    except ValueError as e:  # Hydra's own command-line rules, e.g. `-m` with `--cfg`
+        if "can be specified" not in str(e):
+            raise
+        _fail(str(e))
 
 
 def table_main(argv: list[str] | None = None) -> None:

@@ -128,3 +128,13 @@ def test_nan_stop_is_one_line_on_the_command_line(glue_dir, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cmift: error: run ") and "non-finite loss by step 2" in last
+
+
+def test_a_model_gone_nan_stops_instead_of_skipping_forever(glue_dir, tmp_path):
+    """lr 1e9 makes the weights non-finite after a step or two; every later loss is NaN. The
+    run used to skip forever; now it stops after train.max_consecutive_skips."""
+    with pytest.raises(NonFiniteLoss, match="5 consecutive steps"):
+        _run(glue_dir, tmp_path, "gone", "train.lr=1e9", "train.max_grad_norm=0",
+             "train.nan_policy=skip", "train.max_steps=200")
+    record = json.loads((tmp_path / "gone" / "metrics.json").read_text())
+    assert record["status"] == "failed"

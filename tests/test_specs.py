@@ -52,6 +52,15 @@ def test_every_objective_and_loss_composes_validates_and_builds(objective, disti
     assert cfg.objective.name == objective
 
 
+@pytest.mark.parametrize("preset", yaml_options("experiment"))
+def test_every_experiment_preset_composes_and_validates(preset):
+    cfg = compose(f"experiment={preset}", return_hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params and cfg.output_dir.startswith("results/")
+    first = {k: str(v).split(",")[0] for k, v in params.items()}
+    validate(compose(f"experiment={preset}", *(f"{k}={v}" for k, v in first.items())))
+
+
 @pytest.mark.parametrize("model", yaml_options("model"))
 def test_every_model_composes_and_validates(model):
     validate(compose(f"model={model}"))

@@ -90,6 +90,10 @@ class DataConfig:
     max_train_samples: Optional[int] = knob(None, optional(POSITIVE_INT))
     max_eval_samples: Optional[int] = knob(None, optional(POSITIVE_INT), teacher=False)
     skip_bad_rows: bool = False  # leave out malformed TSV rows (counted) instead of stopping
+    # Carve this fraction of train (stratified) into a `selection` split, evaluated beside dev:
+    # the tables then choose hyperparameters and epochs on it, never on the dev they report.
+    selection_fraction: float = knob(0.0, between(0, 1, hi_open=True), legacy=0.0)
+    selection_seed: int = knob(0, legacy=0)  # the same split for every method and run seed
 
 
 @dataclass

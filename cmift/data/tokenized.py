@@ -52,16 +52,39 @@ def cache_key(task: GlueTask, data_cfg, tokenizer) -> str:
         "max_eval_samples": data_cfg.max_eval_samples,
         "skip_bad_rows": data_cfg.skip_bad_rows,
     }
+    if data_cfg.selection_fraction:  # only then: older caches keep their keys
+        key["selection"] = [data_cfg.selection_fraction, data_cfg.selection_seed]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return f"{task.name}-{digest}"
 
 
 def limit_samples(raw, data_cfg):
     """First N examples of train / each dev split, as run_glue's max_*_samples do."""
-    for split in list(raw):
+    for split in list(raw):  # before the selection split is carved from the (limited) train
         limit = data_cfg.max_train_samples if split == "train" else data_cfg.max_eval_samples
         if limit is not None and limit < len(raw[split]):
             raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+SELECTION = "selection"  # the split carved from train for model selection
+
+
+def carve_selection(raw, fraction: float, seed: int, regression: bool):
+    """Move `fraction` of the training examples into a `selection` split: stratified by label
+    (random for regression), drawn with its own seed, so every method and every run seed sees
+    the same split. Hyperparameters are chosen on it; GLUE dev stays for reporting."""
+    if not fraction:
+        return raw
+    train = raw["train"]
+    labels = np.asarray(train["label"])
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(len(labels))] if regression else [
+        np.flatnonzero(labels == c) for c in np.unique(labels)]
+    chosen = np.concatenate([rng.permutation(g)[:round(fraction * len(g))] for g in groups])
+    keep = np.setdiff1d(np.arange(len(labels)), chosen)  # both in the file's order
+    raw[SELECTION] = train.select(np.sort(chosen))
+    raw["train"] = train.select(keep)
     return raw
 
 
@@ -94,7 +117,9 @@ def load_tokenized(task: GlueTask, data_cfg, tokenizer):
     if skipped:
         log.warning("skipped malformed rows (data.skip_bad_rows=true): %s",
                     {k: len(v) for k, v in skipped.items()})
-    tokenized = tokenize_splits(limit_samples(raw, data_cfg), tokenizer, data_cfg.max_seq_length)
+    raw = carve_selection(limit_samples(raw, data_cfg), data_cfg.selection_fraction,
+                          data_cfg.selection_seed, task.is_regression)
+    tokenized = tokenize_splits(raw, tokenizer, data_cfg.max_seq_length)
     # Save beside the target and rename, so a killed run never leaves a half-written cache.
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)

@@ -45,8 +45,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, evals): one row per run with its config and `epoch` ('last' or 'best') dev
-    metrics; and one row per (run, evaluation) with every dev metric, for curves."""
+    """(runs, evals): one row per run with its config, the `epoch` ('last' or 'best') dev
+    metrics and, when the run has a selection split, that evaluation's selection score
+    (`selection.score`); and one row per (run, evaluation) with every dev metric, for curves."""
     rows, curves = [], []
     for path in find_runs(folders):
         try:
@@ -57,11 +58,15 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
         row = {"run_dir": str(path.parent), "status": m.get("status"), "error": m.get("error"),
                "task": m.get("task"), "model": m.get("model"), "objective": m.get("objective"),
                "distillation": m.get("distillation"), "student": m.get("student"),
-               "seed": m.get("seed"), "train_examples_per_second":
-                   m.get("train_examples_per_second")}
+               "seed": m.get("seed"), "train_seconds": m.get("train_seconds"),
+               "eval_seconds": m.get("eval_seconds"),
+               "train_examples_per_second": m.get("train_examples_per_second")}
         row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
         chosen = m.get("final" if epoch == "last" else "best") or {}
         row.update({f"dev.{k}": v for k, v in chosen.items()})
+        same = [e for e in m.get("evals", []) if e.get("step") == chosen.get("step")]
+        if same and "selection" in same[-1]:
+            row["selection.score"] = same[-1]["selection"]["score"]
         rows.append(row)
         for e in m.get("evals", []):
             curves.append({"run_dir": row["run_dir"], "step": e["step"], "epoch": e["epoch"],

@@ -10,16 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmift.report.load import load_runs
-from cmift.report.methods import add_methods
+from cmift.report.methods import add_methods, selected_on
 from cmift.report.tables import best_cells, delta_table, glue_table, to_latex, to_markdown
 
 
-def rules(epoch: str) -> dict[str, str]:
+def rules(epoch: str, split: str) -> dict[str, str]:
     """What each table's cells are, printed under it."""
     return {
         "glue": (f"Cells: {epoch}-evaluation dev metrics x100 (F1/accuracy on MRPC and QQP), "
                  "mean±std over seeds (n = seeds; one seed: no ±). Each method's tuned knobs "
-                 "[in brackets] are chosen per task by the best mean task score; {subset: ...} "
+                 f"[in brackets] are chosen per task by the best mean task score on {split}; "
+                 "{subset: ...} "
                  "and {smoke: ...} mark runs on part of the data or a fixed step count. A cell "
                  "never pools runs whose settings differ beyond the seed and the tuned knobs. "
                  "Bold: the best mean per column. avg = mean task score over tasks "
@@ -42,7 +43,7 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
     glue, means = glue_table(runs)
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
               "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce")}
-    text = rules(epoch)
+    text = rules(epoch, selected_on(runs))
     files = [out / "runs.csv"]
     for name, (frame, mask, caption) in tables.items():
         if frame.empty:

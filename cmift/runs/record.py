@@ -69,7 +69,8 @@ class RunRecord:
     def finish(self, result, peak_memory_mb: dict, extra: Optional[dict] = None) -> None:
         """Status ok, with the final and best evaluations and what the run cost."""
         last = result.evals[-1]
-        best = max(result.evals, key=lambda e: e["dev"]["score"])
+        # the best evaluation by the selection split when the run has one: dev is for reporting
+        best = max(result.evals, key=lambda e: e.get("selection", e["dev"])["score"])
         per_second = lambda n, s: round(n / max(s, 1e-9), 2)  # noqa: E731
         self.update(
             status="ok",

@@ -55,15 +55,17 @@ class FitResult:
 
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
-        pad_id: int, cfg, device: Device, run_dir: Path,
-        on_eval: Callable[[list], None]) -> FitResult:
-    """Train with `objective`, evaluating on `dev`; resumes from the run's latest checkpoint."""
-    return Loop(model, objective, task, train, dev, pad_id, cfg, device, run_dir, on_eval).fit()
+        pad_id: int, cfg, device: Device, run_dir: Path, on_eval: Callable[[list], None],
+        selection: Optional[Split] = None) -> FitResult:
+    """Train with `objective`, evaluating on `dev` (and on the `selection` split carved from
+    train, when there is one); resumes from the run's latest checkpoint."""
+    return Loop(model, objective, task, train, dev, pad_id, cfg, device, run_dir, on_eval,
+                selection).fit()
 
 
 class Loop:
     def __init__(self, model, objective, task, train, dev, pad_id, cfg, device, run_dir,
-                 on_eval):
+                 on_eval, selection=None):
         self.cfg, self.t, self.task, self.device = cfg, cfg.train, task, device
         self.train, self.dev, self.pad_id, self.run_dir = train, dev, pad_id, run_dir
         self.on_eval = on_eval
@@ -72,6 +74,9 @@ class Loop:
         self.forward = Forward(model, device, features=objective.needs_features)
         self.collate = PadCollator(train, pad_id, task.is_regression)
         self.dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
+        self.selection = {"selection": selection} if selection is not None else {}
+        self.selection_collate = {k: PadCollator(s, pad_id, task.is_regression)
+                                  for k, s in self.selection.items()}
         self.per_epoch, self.total = plan_steps(len(train), self.t)
         optimizer = make_optimizer(model, self.t, device)
         self.state = TrainState(
@@ -104,7 +109,7 @@ class Loop:
                         "resume", s.step)
             raise
         if self.last is None:  # resumed after the last evaluation had been checkpointed
-            self.last = self.evaluate_dev()
+            self.last, _ = self.evaluate_dev()
         if s.skipped:
             log.warning("%d steps skipped for non-finite loss", s.skipped)
         return self.result()
@@ -246,23 +251,33 @@ class Loop:
         return False
 
     # ----- evaluation, checkpoints, the objective's passes ------------------------------------
-    def evaluate_dev(self) -> EvalResult:
-        """Dev metrics; an objective that predicts without the head (ncmi's centroid decoding)
-        first fits its decoder to the training set (timed as evaluation)."""
+    def evaluate_dev(self) -> tuple[EvalResult, Optional[dict]]:
+        """Dev metrics, and the selection split's metrics (or None); an objective that predicts
+        without the head (ncmi's centroid decoding) first fits its decoder to the training set
+        (timed as evaluation)."""
         decode = self.state.objective.decoder(self.train_passes)
-        return evaluate(self.forward, self.task, self.dev, self.dev_collate,
-                        self.t.eval_batch_size, decode)
+        dev = evaluate(self.forward, self.task, self.dev, self.dev_collate,
+                       self.t.eval_batch_size, decode)
+        if not self.selection:
+            return dev, None
+        return dev, evaluate(self.forward, self.task, self.selection, self.selection_collate,
+                             self.t.eval_batch_size, decode).metrics
 
     def run_eval(self) -> None:
         s = self.state
         start = time.perf_counter()
-        self.last = self.evaluate_dev()
+        self.last, selection = self.evaluate_dev()
         s.timing["eval_seconds"] += time.perf_counter() - start
         s.timing["eval_examples"] += sum(len(split) for split in self.dev.values())
-        s.evals.append({"step": s.step, "epoch": round(s.step / self.per_epoch, 4),
-                        "dev": self.last.metrics})
+        entry = {"step": s.step, "epoch": round(s.step / self.per_epoch, 4),
+                 "dev": self.last.metrics}
+        if selection is not None:
+            entry["selection"] = selection
+        s.evals.append(entry)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.last.metrics.items())
         log.info("eval step %d (epoch %.2f): %s", s.step, s.step / self.per_epoch, shown)
+        if selection is not None:
+            log.info("selection split: score %.4f", selection["score"])
         self.on_eval(s.evals)
         self.progress.restart_interval()
 

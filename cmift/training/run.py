@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cmift.config.spec import ConfigError, method
 from cmift.config.validate import validate
 from cmift.data.tasks import TASKS, data_fingerprint, load_raw
-from cmift.data.tokenized import Split, load_tokenized
+from cmift.data.tokenized import SELECTION, Split, load_tokenized
 from cmift.models.backbones import (
     build_tiny_tokenizer,
     is_tiny,
@@ -82,7 +82,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
                  teacher.run_dir)
         record.update(teacher=teacher.summary())
     model_cfg = student_model_config(cfg) if teacher else cfg.model
-    tokenizer, train, dev, skipped = prepare_data(cfg, model_cfg, task)
+    tokenizer, train, dev, selection, skipped = prepare_data(cfg, model_cfg, task)
     record.update(skipped_rows={split: len(lines) for split, lines in skipped.items()})
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
     context = {}
@@ -98,7 +98,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
              sum(p.numel() for p in model.parameters()) / 1e6, cfg.objective.name, task.name,
              len(train), {k: len(v) for k, v in dev.items()})
     result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
-                 on_eval=lambda evals: record.update(evals=evals))
+                 on_eval=lambda evals: record.update(evals=evals), selection=selection)
     if after_fit is not None:
         after_fit(result, train)
     if cfg.train.save_model:
@@ -112,8 +112,9 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
 
 
 def prepare_data(cfg: DictConfig, model_cfg, task):
-    """(tokenizer, train Split, {dev split name: Split}, skipped rows) for `model_cfg`'s
-    tokenizer; the tokenization comes from the on-disk cache after the first run."""
+    """(tokenizer, train Split, {dev split name: Split}, selection Split or None, skipped rows)
+    for `model_cfg`'s tokenizer; the tokenization comes from the on-disk cache after the first
+    run."""
     limit = max_positions(model_cfg)
     if cfg.data.max_seq_length > limit:
         raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} is not allowed: "
@@ -133,7 +134,8 @@ def prepare_data(cfg: DictConfig, model_cfg, task):
     tokenized, skipped = load_tokenized(task, cfg.data, tokenizer)
     train = Split.from_dataset(tokenized["train"])
     dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
-    return tokenizer, train, dev, skipped
+    selection = Split.from_dataset(tokenized[SELECTION]) if SELECTION in tokenized else None
+    return tokenizer, train, dev, selection, skipped
 
 
 def save_weights(model, tokenizer, folder: Path) -> None:

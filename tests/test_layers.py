@@ -1,0 +1,51 @@
+"""Imports run one way: each module of cmift imports only its own stage or the ones below, so
+the package reads as a flow (config at the bottom, the command line on top)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cmift"
+# bottom to top; a module may import any module of its own layer or a lower one
+LAYERS = [
+    {"cmift.lazy", "cmift.data.tasks"},
+    {"cmift.config"},
+    {"cmift.data", "cmift.models", "cmift.objectives"},
+    {"cmift.runs"},
+    {"cmift.training"},
+    {"cmift.report"},
+    {"cmift.cli", "cmift.__main__"},
+]
+
+
+def layer(module: str) -> int:
+    best = None
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or
+                                                                len(p) > best[1]):
+                best = (i, len(p))
+    assert best is not None, module
+    return best[0]
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cmift"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("cmift")}
+    return found
+
+
+def test_imports_never_go_up_a_layer():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        if module == "cmift":
+            continue
+        for target in imports(path):
+            if target != "cmift" and layer(target) > layer(module):
+                upward.append(f"{module} -> {target}")
+    assert not upward, upward
