@@ -46,6 +46,7 @@ def runs(tmp_path):
              status="failed")
     make_run(tmp_path, "cola", "min_cmi", 1, {"matthews_correlation": 0.3}, lam=1.0,
              status="failed")
+    make_run(tmp_path, "rte", "min_cmi", 3, {"accuracy": 0.1}, lam=0.1, status="running")
     return tmp_path
 
 
@@ -58,9 +59,9 @@ def test_glue_table_cells_selection_and_missing(runs):
     assert ce["RTE (accuracy)"] == "81.0±1.4 (n=2)"
     assert ce["MRPC (f1/accuracy)"] == "91.0±1.4/81.0±1.4 (n=2)"
     assert ce["COLA (matthews_correlation)"] == "—"  # never run: shown missing
-    assert cmi["RTE (accuracy)"] == "86.0±1.4 (n=2) [lam=0.1,beta=0.0]"
+    assert cmi["RTE (accuracy)"] == "86.0±1.4 (n=2) [lam=0.1,beta=0.0] +1 unfinished"
     assert cmi["MRPC (f1/accuracy)"] == "93.0±1.4/83.0±1.4 (n=2) [lam=1.0,beta=0.0] +1 failed"
-    assert cmi["COLA (matthews_correlation)"] == "failed×1"
+    assert cmi["COLA (matthews_correlation)"] == "+1 failed"
     assert cmi["avg"] == "87.0*"  # (86 + 88) / 2, and a task is missing
     assert ce["avg"] == "83.5*"
 
@@ -80,13 +81,13 @@ def test_files_written_and_runs_csv_is_tidy(runs):
     tex = (runs / "tables" / "glue.tex").read_text()
     assert r"\pm" in tex and tex.startswith(r"\begin{table}[t]") and r"\caption{" in tex
     assert r"\label{tab:glue}" in tex and tex.rstrip().endswith(r"\end{table}")
-    assert r"\textbf{86.0$\pm$1.4 (n=2) [lam=0.1,beta=0.0]}" in tex  # the best RTE cell
+    assert r"\textbf{86.0$\pm$1.4 (n=2) [lam=0.1,beta=0.0] +1 unfinished}" in tex  # best RTE
     assert r"m min\_cmi" in tex
     assert "chosen per task" in (runs / "tables" / "glue.md").read_text()
     import pandas as pd
 
     tidy = pd.read_csv(runs / "tables" / "runs.csv")
-    assert len(tidy) == 14 and {"status", "task", "seed", "method", "setting"} <= set(tidy)
+    assert len(tidy) == 15 and {"status", "task", "seed", "method", "setting"} <= set(tidy)
 
 
 def test_cmift_table_cli(runs):

@@ -104,6 +104,8 @@ def select(runs: pd.DataFrame) -> pd.DataFrame:
 def selected_on(runs: pd.DataFrame) -> str:
     """Which split the choices were made on, for the rule under the tables."""
     ok = runs[runs["status"] == "ok"]
+    if (ok["setting"] == "").all():
+        return "no split (nothing is tuned in these runs)"
     if "selection.score" not in ok or ok["selection.score"].isna().all():
         return "dev (no selection split in these runs: choices are optimistic)"
     if ok["selection.score"].notna().all():

@@ -20,8 +20,17 @@ def _cell(values: pd.Series) -> str:
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f}±{v.std(ddof=1):.1f}"
 
 
+UNFINISHED = ("running", "interrupted")  # stopped before the end: resumable, not failed
+
+
+def _not_ok(cell_runs: pd.DataFrame) -> str:
+    unfinished = int(cell_runs["status"].isin(UNFINISHED).sum())
+    failed = int((cell_runs["status"] != "ok").sum()) - unfinished
+    return "".join(f" +{k} {word}" for k, word in ((failed, "failed"),
+                                                   (unfinished, "unfinished")) if k)
+
+
 def _task_cell(cell_runs: pd.DataFrame, setting: str, task: str) -> tuple[str, float]:
-    failed = int((cell_runs["status"] != "ok").sum())
     sel = cell_runs[(cell_runs["status"] == "ok") & (cell_runs["setting"] == setting)]
     text = "/".join(_cell(sel[f"dev.{m}"]) for m in official_metrics(task) if f"dev.{m}" in sel)
     text += f" (n={len(sel)})"
@@ -29,9 +38,7 @@ def _task_cell(cell_runs: pd.DataFrame, setting: str, task: str) -> tuple[str, f
         text += f" [{setting}]"
     if note := scope(sel):
         text += f" {{{note}}}"
-    if failed:
-        text += f" +{failed} failed"
-    return text, float(task_score(sel).mean())
+    return text + _not_ok(cell_runs), float(task_score(sel).mean())
 
 
 def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -45,8 +52,7 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             cell_runs = group[group["task"] == task]
             pick = chosen[(chosen["method"] == method) & (chosen["task"] == task)]
             if pick.empty:
-                failed = int((cell_runs["status"] != "ok").sum())
-                disp[task], num[task] = (f"failed×{failed}" if failed else "—"), np.nan
+                disp[task], num[task] = (_not_ok(cell_runs).strip() or "—"), np.nan
                 continue
             disp[task], score = _task_cell(cell_runs, pick["setting"].iloc[0], task)
             num[task] = score * 100

@@ -268,7 +268,8 @@ class Loop:
         start = time.perf_counter()
         self.last, selection = self.evaluate_dev()
         s.timing["eval_seconds"] += time.perf_counter() - start
-        s.timing["eval_examples"] += sum(len(split) for split in self.dev.values())
+        s.timing["eval_examples"] += sum(len(split) for split in
+                                         [*self.dev.values(), *self.selection.values()])
         entry = {"step": s.step, "epoch": round(s.step / self.per_epoch, 4),
                  "dev": self.last.metrics}
         if selection is not None:
