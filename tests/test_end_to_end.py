@@ -119,3 +119,18 @@ def test_fused_adamw_is_a_knob(fused):
     assert bool(optimizer.defaults["fused"]) is fused
     [decay, no_decay] = optimizer.param_groups  # biases are not decayed
     assert decay["weight_decay"] == t.weight_decay and no_decay["weight_decay"] == 0.0
+
+
+def test_manifest_names_the_code_the_process_loaded(monkeypatch):
+    """git is asked once per process: a sweep's later jobs still run the code loaded at its
+    start, whatever was committed meanwhile."""
+    from cmift.runs import manifest as manifest_mod
+
+    manifest_mod.git_commit.cache_clear()
+    calls = []
+    real = manifest_mod.subprocess.run
+    monkeypatch.setattr(manifest_mod.subprocess, "run",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = manifest_mod.manifest("cpu", 1)["git"]
+    second = manifest_mod.manifest("cpu", 1)["git"]
+    assert first == second and 1 <= len(calls) <= 2  # rev-parse (+ status), once

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -17,6 +18,7 @@ PACKAGES = ("cmift", "torch", "transformers", "datasets", "tokenizers", "hydra-c
             "omegaconf", "numpy", "pandas", "safetensors", "rich")
 
 
+@lru_cache(maxsize=1)  # once per process: a sweep runs the code it loaded at its start
 def git_commit() -> dict:
     src = Path(__file__).resolve().parent
     def git(*args):
@@ -30,6 +32,7 @@ def git_commit() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+@lru_cache(maxsize=1)
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -46,8 +49,8 @@ def manifest(device: str, threads: int) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
         "cwd": os.getcwd(),
-        "git": git_commit(),
-        "packages": package_versions(),
+        "git": dict(git_commit()),
+        "packages": dict(package_versions()),
         "device": device,
         "torch_threads": threads,
         "host": socket.gethostname(),
