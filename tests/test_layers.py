@@ -49,3 +49,20 @@ def test_imports_never_go_up_a_layer():
             if target != "cmift" and layer(target) > layer(module):
                 upward.append(f"{module} -> {target}")
     assert not upward, upward
+
+
+def test_the_config_path_never_imports_torch():
+    """Specs live beside their (torch) losses; reading them must not import torch, so --help
+    and config errors answer fast."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from conftest import compose; "
+            "from cmift.config.identity import run_name; from cmift.config.validate import "
+            "validate; cfg = compose('objective=ncmi', 'model=tiny'); validate(cfg); "
+            "run_name(cfg, []); print(sorted(m for m in ('torch', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
