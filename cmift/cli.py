@@ -7,6 +7,7 @@ Only the config schema is imported up front: torch and transformers load inside 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from cmift.config.spec import ConfigError
 
 register_configs()
 register_resolvers()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM preemption, `timeout`, a session ending): handled like Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -62,8 +71,10 @@ def _job(cfg: DictConfig) -> None:
 
             torch.set_num_threads(threads)
         run(cfg, run_dir)
-    except KeyboardInterrupt:
-        _fail(f"interrupted; partial run recorded in {run_dir}")
+    except KeyboardInterrupt as e:
+        how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 2)
+        _fail(f"{how}; a checkpoint and the partial run are in {run_dir}: run the command "
+              "again to resume", code)
     except Exception as e:
         from cmift.training.loop import NonFiniteLoss
 
@@ -101,6 +112,7 @@ def main() -> None:
     # Hydra then re-raises composition errors instead of printing a trace and exiting 1; they
     # become one line and exit code 2 here.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    signal.signal(signal.SIGTERM, _terminate)
     for arg in sys.argv[1:]:
         key = arg.lstrip("+~").split("=", 1)[0]
         if key in MOVED_KEYS:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ TINY = ["task=mrpc", "model=tiny", "data.max_train_samples=256", "data.max_eval_
         "train.batch_size=16", "train.max_steps=40", "train.eval_every=10", "train.lr=1e-3"]
 
 
-def _start(args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def _start(args, cwd, faults=""):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CMIFT_FAULTS": faults}
     return subprocess.Popen([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -29,27 +28,30 @@ def _metrics(root):
     return json.loads(path.read_text()), path.parent
 
 
-@pytest.mark.parametrize("objective", ["ce", "min_cmi"])
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, objective):
-    args = [*TINY, f"objective={objective}", "train.save_every=5", f"data.glue_dir={glue_dir}"]
+def _interrupt_then_resume(glue_dir, tmp_path, args, fault, code):
+    """A clean run; the same run stopped by `fault` at a known step (exit `code`); the same
+    command again. Returns (clean record, resumed record, resumed run dir)."""
+    args = [*args, f"data.glue_dir={glue_dir}"]
     clean = _start([*args, f"output_dir={tmp_path}/clean"], tmp_path)
     assert clean.wait(300) == 0, clean.stderr.read()[-2000:]
-
-    killed = _start([*args, f"output_dir={tmp_path}/killed"], tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "killed").rglob("step-*.pt")):
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    partial, run_dir = _metrics(tmp_path / "killed")
-    assert partial["status"] == "running"  # nothing finished, nothing torn
-
-    again = _start([*args, f"output_dir={tmp_path}/killed"], tmp_path)
-    out, err = again.communicate(timeout=300)
+    stopped = _start([*args, f"output_dir={tmp_path}/stopped"], tmp_path, faults=fault)
+    _, err = stopped.communicate(timeout=300)
+    assert stopped.returncode == code, err[-2000:]
+    partial, run_dir = _metrics(tmp_path / "stopped")
+    assert partial["status"] in ("running", "interrupted")  # nothing finished, nothing torn
+    again = _start([*args, f"output_dir={tmp_path}/stopped"], tmp_path)
+    _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
-    resumed, run_dir = _metrics(tmp_path / "killed")
+    resumed, run_dir = _metrics(tmp_path / "stopped")
     assert "resumed from" in (run_dir / "run.log").read_text()
-    reference, _ = _metrics(tmp_path / "clean")
+    return _metrics(tmp_path / "clean")[0], resumed, run_dir
+
+
+@pytest.mark.parametrize("objective", ["ce", "min_cmi"])
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, objective):
+    reference, resumed, run_dir = _interrupt_then_resume(
+        glue_dir, tmp_path, [*TINY, f"objective={objective}", "train.save_every=5"],
+        "sigkill@7", -signal.SIGKILL)  # killed two steps after the checkpoint of step 5
     assert resumed["status"] == "ok"
     assert dev_evals(resumed) == dev_evals(reference)
     assert json.dumps(resumed["final"]) == json.dumps(reference["final"])
@@ -59,24 +61,28 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(glue_dir, tmp_path, obj
     assert not list((run_dir / "checkpoints").glob("*.pt"))  # cleared once finished
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_rerun_finishes(glue_dir, tmp_path):
-    args = [*TINY, "train.max_steps=160", "train.eval_every=80", f"data.glue_dir={glue_dir}",
+@pytest.mark.parametrize("fault, code, word", [("sigint@23", 2, "interrupted"),
+                                               ("sigterm@23", 143, "terminated")])
+def test_ctrl_c_and_sigterm_checkpoint_and_the_rerun_matches(glue_dir, tmp_path, fault, code,
+                                                             word):
+    """Ctrl-C and SIGTERM (SLURM preemption, `timeout`) save the last step boundary, mark the
+    run interrupted, release its lock, and the same command resumes to the same result."""
+    args = [*TINY, "objective=min_cmi", f"data.glue_dir={glue_dir}",
             f"output_dir={tmp_path}/out"]
-    proc = _start(args, tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "out").rglob("steps.jsonl")):
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in err
+    proc = _start(args, tmp_path, faults=fault)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"cmift: error: {word}; a checkpoint")
     record, run_dir = _metrics(tmp_path / "out")
-    assert record["status"] == "interrupted"
-    assert list((run_dir / "checkpoints").glob("step-*.pt"))
+    assert record["status"] == "interrupted" and not (run_dir / "run.lock").exists()
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert kept[-1] == "step-00000023.pt"  # the step boundary where the signal came
     again = _start(args, tmp_path)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-2000:]
-    assert _metrics(tmp_path / "out")[0]["status"] == "ok"
+    assert again.wait(300) == 0, again.stderr.read()[-2000:]
+    clean = _start([*args[:-1], f"output_dir={tmp_path}/clean"], tmp_path)
+    assert clean.wait(300) == 0, clean.stderr.read()[-2000:]
+    resumed, reference = _metrics(tmp_path / "out")[0], _metrics(tmp_path / "clean")[0]
+    assert dev_evals(resumed) == dev_evals(reference) and resumed["status"] == "ok"
 
 
 def test_checkpoints_load_with_weights_only_and_keep_the_last_k(tmp_path):

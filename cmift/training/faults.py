@@ -2,7 +2,9 @@
 timer): `CMIFT_FAULTS="nan_loss@3"` makes the loss of the 3rd optimiser-step attempt NaN (its
 last micro-batch; attempts count skipped steps too, so a fault fires once), `nan_loss@3.0`
 only its first micro-batch; `nan_outputs@3` makes the model's outputs (logits and features)
-NaN instead; several faults are comma-separated."""
+NaN instead; `sigint@5`, `sigterm@5` or `sigkill@5` make the process send itself that signal
+right after optimiser step 5 (and its checkpoint, if one is due); several faults are
+comma-separated."""
 
 from __future__ import annotations
 
@@ -41,3 +43,12 @@ def outputs(out, attempt: int, micro: int, last_micro: int):
     nan = float("nan")
     return replace(out, logits=out.logits * nan,
                    features=None if out.features is None else out.features * nan)
+
+
+def signal_after_step(step: int) -> None:
+    """Send this process the signal a `sig*@step` fault names (a known interruption point)."""
+    import signal
+
+    for name in ("sigint", "sigterm", "sigkill"):
+        if active(name, step, -1, -1):
+            os.kill(os.getpid(), getattr(signal, name.upper()))

@@ -248,6 +248,7 @@ class Loop:
                 if evaluate_now:
                     self.run_eval()
                 self.checkpoint()
+        faults.signal_after_step(s.step)
         return False
 
     # ----- evaluation, checkpoints, the objective's passes ------------------------------------
