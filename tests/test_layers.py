@@ -11,7 +11,7 @@ LAYERS = [
     {"cmift.config"},
     {"cmift.data", "cmift.models", "cmift.objectives"},
     {"cmift.runs"},
-    {"cmift.training"},
+    {"cmift.training", "cmift.dropout"},  # dropout: the Fisher is a pass over training data
     {"cmift.report"},
     {"cmift.cli", "cmift.__main__"},
 ]

@@ -31,7 +31,7 @@ def yaml_options(group):
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["objective", "distillation"])
+@pytest.mark.parametrize("group", ["objective", "distillation", "dropout"])
 def test_yaml_options_are_exactly_the_registered_methods(group):
     assert yaml_options(group) == options(group)
 

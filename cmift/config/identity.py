@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cmift.config.spec import UNSET, find
+from cmift.config.spec import METHOD_GROUPS, UNSET, find
 from cmift.config.validate import leaves
 
 _PATH_OVERRIDES = ("task", "objective", "model", "seed")
@@ -37,17 +37,18 @@ def _reader(cfg: DictConfig):
     """key -> whether the run reads it, from the specs of its objective and distillation."""
     objective = find("objective", cfg.objective.name)
     distils = bool(objective and objective.distils)
-    namespaces = set(objective.reads if objective else ())
-    if distils:
-        loss = find("distillation", cfg.distillation.name)
-        namespaces |= set(loss.reads if loss else ())
+    namespaces = set()
+    for group in METHOD_GROUPS:
+        spec = find(group, cfg[group].name) if group in cfg else None
+        if spec is not None and (group != "distillation" or distils):
+            namespaces |= set(spec.reads)
     tiny = cfg.model.name_or_path == "tiny"
 
     def reads(key: str) -> bool:
         group, _, rest = key.partition(".")
         if group == "distillation" and not distils:
             return False
-        if group in ("objective", "distillation") and "." in rest:  # a namespace, or one knob
+        if group in METHOD_GROUPS and "." in rest:  # a namespace, or one knob
             return f"{group}.{rest.split('.', 1)[0]}" in namespaces or key in namespaces
         return tiny or not key.startswith("model.tiny.")
 
@@ -74,8 +75,8 @@ def identity(cfg: DictConfig, purpose: str = "run") -> dict:
         node[leaf] = _plain(value)
     out.setdefault("data", {})["fingerprint"] = data_fingerprint(cfg.task.name,
                                                                  cfg.data.glue_dir)
-    for group in ("objective", "distillation"):
-        spec = find(group, cfg[group].name)
+    for group in METHOD_GROUPS:
+        spec = find(group, cfg[group].name) if group in cfg else None
         if spec is not None and spec.version != 1 and group in out:
             out[group]["version"] = spec.version
     return out

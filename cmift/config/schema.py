@@ -2,8 +2,8 @@
 
 Hydra merges conf/*.yaml into these dataclasses, so a mistyped key or a wrong type is refused
 at compose time. The fixed sections (model, task, data, train) are declared here; the
-`objective` and `distillation` nodes get one namespace per method knob group, taken from the
-method specs (cmift/config/spec.py). Every field is a `knob()`: its range is checked by
+`objective`, `distillation` and `dropout` nodes get one namespace per method knob group, taken
+from the method specs (cmift/config/spec.py). Every field is a `knob()`: its range is checked by
 `validate`, its identity flags decide whether it names a run.
 This package must stay free of torch / transformers imports: `cmift --help` and config errors
 go through it and should answer in about a second.
@@ -147,6 +147,13 @@ class DistillationBase:
     teacher_logits: TeacherLogits = knob(TeacherLogits.cached, identity=False)
 
 
+@dataclass
+class DropoutBase:
+    # a registered dropout method: standard | guided | gaussian | none (cmift/dropout/).
+    # `standard` is what every run did before the group existed: it stays out of run names.
+    name: str = knob("standard", legacy="standard")
+
+
 def _importable(cls: type) -> type:
     """Generated classes live in this module (see __getattr__), so that a config pickled for a
     launcher's worker process unpickles there."""
@@ -170,6 +177,7 @@ def schema() -> type:
         ("objective", _with_namespaces("objective", ObjectiveBase), field(default=MISSING)),
         ("distillation", _with_namespaces("distillation", DistillationBase),
          field(default=MISSING)),
+        ("dropout", _with_namespaces("dropout", DropoutBase), field(default=MISSING)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("seed", int, field(default=42)),
@@ -184,7 +192,7 @@ def schema() -> type:
 def __getattr__(name: str):
     if name == "Config":
         return schema()
-    if name in ("ObjectiveConfig", "DistillationConfig"):
+    if name in ("ObjectiveConfig", "DistillationConfig", "DropoutConfig"):
         return next(f.type for f in fields(schema()) if f.type.__name__ == name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

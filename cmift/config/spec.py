@@ -1,7 +1,8 @@
 """Method specs: what a method is, declared once and torch-free.
 
 A method is an option of a config group: an objective (`objective=min_cmi`), a distillation
-loss (`distillation=ttm`), and every method group added later. Its module declares
+loss (`distillation=ttm`), a dropout method (`dropout=guided`), and every method group added
+later. Its module declares
 - its knobs: a dataclass whose fields are made with `knob()` (default, allowed range, and the
   value that reproduces the behaviour from before the knob existed), registered under its own
   namespace with `@register_knobs("objective.cmi")`;
@@ -25,7 +26,10 @@ import pkgutil
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterator, Optional
 
-METHOD_PACKAGES = ("cmift.objectives",)
+METHOD_PACKAGES = ("cmift.objectives", "cmift.dropout")
+# The config groups whose options are methods with specs; their knobs live in namespaces
+# under the group (objective.cmi.lam, distillation.kd.temperature, dropout.guided.p_max).
+METHOD_GROUPS = ("objective", "distillation", "dropout")
 UNSET = object()  # "no legacy value": the knob existed when run identities were first keyed
 
 
@@ -93,7 +97,7 @@ def iter_fields(node_type: type) -> Iterator:
 # ----- methods ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MethodSpec:
-    group: str  # the config group: objective | distillation
+    group: str  # the config group: objective | distillation | dropout
     name: str  # the option, conf/<group>/<name>.yaml
     summary: str  # one line, for docs and errors
     # knob namespaces it reads, e.g. ("objective.cmi",), or single knobs ("objective.cmi.space")
@@ -105,6 +109,8 @@ class MethodSpec:
     # Bump when a fix changes what the method computes: runs of an older version are then
     # never taken for finished runs of this one (a version above 1 enters the run identity).
     version: int = 1
+    # rules between its knobs, checked by `validate`: raise ConfigError naming the key
+    check: Optional[Callable[[Any], None]] = None
 
     @property
     def distils(self) -> bool:
@@ -127,6 +133,20 @@ def register_knobs(namespace: str):
 def register(*specs: MethodSpec) -> None:
     for spec in specs:
         METHODS[(spec.group, spec.name)] = spec
+
+
+def implementations(table: dict) -> Callable:
+    """`implements(*names)` for a method package: a decorator that files the decorated class or
+    function in `table` under each of the (registered) method names."""
+    def implements(*names: str):
+        def add(obj):
+            for name in names:
+                table[name] = obj
+            return obj
+
+        return add
+
+    return implements
 
 
 def discover() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from cmift.config.spec import ConfigError, iter_fields, method, options
+from cmift.config.spec import METHOD_GROUPS, ConfigError, iter_fields, method, options
 
 
 def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
@@ -38,6 +38,10 @@ def validate(cfg: DictConfig) -> None:
         check = meta.get("check")
         if check is not None:
             _require(check.ok(value), key, value, check.allowed)
+    for group in METHOD_GROUPS:
+        spec = method(group, cfg[group].name)
+        if spec.check is not None:
+            spec.check(cfg)
     objective = method("objective", cfg.objective.name)
     distillation = method("distillation", cfg.distillation.name)
     task = TASKS[cfg.task.name]

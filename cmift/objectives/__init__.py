@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
-from cmift.config.spec import discover
+from cmift.config.spec import discover, implementations
 
 if TYPE_CHECKING:
     import torch
@@ -70,14 +70,8 @@ class Objective:
         """Restore what state_dict returned."""
 
 
-def implements(*names: str):
-    """Class decorator: the implementation of the objectives `names` (registered specs)."""
-    def add(cls):
-        for name in names:
-            IMPLEMENTATIONS[name] = cls
-        return cls
-
-    return add
+# class decorator: the implementation of the objectives `names` (registered specs)
+implements = implementations(IMPLEMENTATIONS)
 
 
 def build(cfg, task, **context) -> Objective:

@@ -58,9 +58,12 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
         row = {"run_dir": str(path.parent), "status": m.get("status"), "error": m.get("error"),
                "task": m.get("task"), "model": m.get("model"), "objective": m.get("objective"),
                "distillation": m.get("distillation"), "student": m.get("student"),
+               # runs from before the dropout group had the checkpoint's own rates
+               "dropout": m.get("dropout") or "standard",
                "seed": m.get("seed"), "train_seconds": m.get("train_seconds"),
                "eval_seconds": m.get("eval_seconds"),
                "train_examples_per_second": m.get("train_examples_per_second")}
+        row["dropout_sites"] = (m.get("dropout_setup") or {}).get("sites")  # guided's rates
         row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
         chosen = m.get("final" if epoch == "last" else "best") or {}
         row.update({f"dev.{k}": v for k, v in chosen.items()})

@@ -1,6 +1,7 @@
 """Which runs a table cell may pool, and the hyperparameter chosen per task.
 
-A *method* is a model, objective, distillation loss and student, plus every identity setting
+A *method* is a model, objective, distillation loss, student and dropout method, plus every
+identity setting
 that differs between runs of the same task (null and set count as different): a cell never
 pools runs that could differ for any reason but the seed and the tuned hyperparameters. The
 *setting* is the tuned knobs' values (from the method specs), chosen per task by the best mean
@@ -49,7 +50,16 @@ def _label(first) -> str:
     if first["distillation"] not in ("", "none"):
         label += f" ({first['distillation']}"
         label += f" -> {first['student']})" if first["student"] else ")"
+    if first["dropout"] == "none":
+        label += " without dropout"
+    elif first["dropout"] != "standard":
+        label += f" +{first['dropout']} dropout"
     return label
+
+
+def is_baseline(runs: pd.DataFrame) -> pd.Series:
+    """The rows of the baseline every method is compared with: ce with standard dropout."""
+    return (runs["objective"] == "ce") & (runs["dropout"] == "standard")
 
 
 def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +69,10 @@ def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
         return runs.assign(method=[], setting=[])
     for col in ("student", "distillation"):
         runs[col] = runs[col].fillna("")
+    runs["dropout"] = runs.get("dropout", pd.Series("standard", index=runs.index)).fillna(
+        "standard")
     runs["method"], runs["setting"] = "", ""
-    for _, group in runs.groupby(["model", "objective", "distillation", "student"],
+    for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout"],
                                  dropna=False, sort=False):
         first = group.iloc[0]
         tuned = hparam_keys(first["objective"], first["distillation"])

@@ -1,6 +1,6 @@
 """Figures of a set of runs, each as PDF and PNG: the task score against lam (and against the
-distillation temperature) with a band of ±1 std over seeds and the ce baseline as a band, and
-dev CMI / NCMI across training with seed bands."""
+distillation temperature) with a band of ±1 std over seeds and the ce baseline as a band,
+dev CMI / NCMI across training with seed bands, and guided dropout's rates per layer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmift.report.methods import task_score
+from cmift.report.methods import is_baseline, task_score
 
 
 def _save(fig, path: Path) -> list[Path]:
@@ -41,7 +41,7 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
     tasks = sorted(swept["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        ce = ok[(ok["task"] == task) & (ok["objective"] == "ce")]["score"]
+        ce = ok[(ok["task"] == task) & is_baseline(ok)]["score"]
         if len(ce):
             ax.axhspan(ce.mean() - ce.std(ddof=1 if len(ce) > 1 else 0),
                        ce.mean() + ce.std(ddof=1 if len(ce) > 1 else 0), color="grey", alpha=0.25)
@@ -81,6 +81,32 @@ def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
     return _save(fig, path)
 
 
+KIND_MARKERS = {"embeddings": "s", "attention_probs": "o", "attention_output": "^",
+                "ffn_output": "D"}
+
+
+def dropout_rates(runs: pd.DataFrame, path: Path) -> list[Path]:
+    """Guided dropout's rate per layer and sub-layer kind, one panel per task and method (the
+    rates of a method's first run: every run of it reads the same cached Fisher)."""
+    if "dropout_sites" not in runs:
+        return []
+    guided = runs[runs["dropout_sites"].map(lambda s: isinstance(s, list) and len(s) > 0)]
+    if guided.empty:
+        return []
+    import matplotlib.pyplot as plt
+
+    panels = list(guided.groupby(["task", "method"], sort=True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, ((task, method), g) in zip(axes[0], panels):
+        sites = pd.DataFrame(g.iloc[0]["dropout_sites"])
+        for kind, k in sites.groupby("kind", sort=False):
+            ax.plot(k["layer"], k["p"], marker=KIND_MARKERS.get(kind, "x"), label=kind)
+        ax.set(title=f"{task.upper()}: {method}", xlabel="layer (0 = embeddings)",
+               ylabel="dropout p")
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
 def write_plots(runs: pd.DataFrame, evals: pd.DataFrame, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -89,4 +115,5 @@ def write_plots(runs: pd.DataFrame, evals: pd.DataFrame, folder: Path) -> list[P
     return [*sensitivity(runs, "objective.cmi.lam", "lam", folder / "score_vs_lam"),
             *sensitivity(runs, "distillation.kd.temperature", "temperature",
                          folder / "score_vs_temperature"),
-            *curves(runs, evals, folder / "cmi_ncmi_curves")]
+            *curves(runs, evals, folder / "cmi_ncmi_curves"),
+            *dropout_rates(runs, folder / "dropout_rates")]

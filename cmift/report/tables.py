@@ -10,7 +10,7 @@ import pandas as pd
 
 from cmift.data.tasks import TASKS
 from cmift.report.load import official_metrics
-from cmift.report.methods import as_text, scope, select, task_score
+from cmift.report.methods import as_text, is_baseline, scope, select, task_score
 
 
 def _cell(values: pd.Series) -> str:
@@ -86,15 +86,17 @@ def paired_delta(diffs: np.ndarray) -> str:
 
 
 def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each method minus ce on the same recipe (model, data and train settings) and seed,
-    paired on the task score (points): mean, 95% confidence interval and wins/losses."""
+    """Each method minus ce (standard dropout) on the same recipe (model, data and train
+    settings) and seed, paired on the task score (points): mean, 95% confidence interval and
+    wins/losses."""
     ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
     ok = ok.merge(select(runs), on=["method", "task", "setting"])
     recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
-    ce = ok[ok["objective"] == "ce"][["task", "recipe", "seed", "score"]]
+    baseline = is_baseline(ok)
+    ce = ok[baseline][["task", "recipe", "seed", "score"]]
     table = {}
-    for method, group in ok[ok["objective"] != "ce"].groupby("method"):
+    for method, group in ok[~baseline].groupby("method"):
         cells = {}
         for task, g in group.groupby("task"):
             pairs = g.merge(ce, on=["task", "recipe", "seed"], suffixes=("", "_ce"))

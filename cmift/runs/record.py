@@ -52,7 +52,8 @@ class RunRecord:
     def _header(cfg: DictConfig, folder: Path, overrides: list[str]) -> dict:
         return {"schema_version": SCHEMA_VERSION, "task": cfg.task.name,
                 "model": cfg.model.name, "objective": cfg.objective.name,
-                "distillation": cfg.distillation.name, "seed": cfg.seed,
+                "distillation": cfg.distillation.name, "dropout": cfg.dropout.name,
+                "seed": cfg.seed,
                 "overrides": overrides, "run_dir": str(folder)}
 
     def write(self) -> None:

@@ -19,6 +19,7 @@ from cmift.config.spec import ConfigError, method
 from cmift.config.validate import validate
 from cmift.data.tasks import TASKS, data_fingerprint, load_raw
 from cmift.data.tokenized import SELECTION, Split, load_tokenized
+from cmift.dropout import DropoutContext, apply_dropout
 from cmift.models.backbones import (
     build_tiny_tokenizer,
     is_tiny,
@@ -92,6 +93,9 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
         context["teacher"] = teacher_source(cfg, teacher, tokenizer, train, device)
     else:
         model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
+    setup = apply_dropout(model, DropoutContext(cfg, model_cfg, task, train, tokenizer,
+                                                device.device))
+    record.update(dropout_setup=setup)
     objective = build_objective(cfg, task, **context)
     log.info("model %s (%.1fM parameters), objective %s, task %s: %d train, %s dev",
              record.data.get("student", cfg.model.name),
