@@ -16,6 +16,7 @@ from benchlib import add_glue_dir
 
 def loop_fisher(model, names, batches, loss_fn):
     """The peer: one backward pass per example (no padding: each example alone)."""
+    import torch
 
     from cmift.dropout.fisher import _model_inputs
 
@@ -32,7 +33,7 @@ def loop_fisher(model, names, batches, loss_fn):
             model.zero_grad(set_to_none=True)
             loss_fn(model(**_model_inputs(example)).logits, example).backward()
             for n in names:
-                sums[n] += float(params[n].grad.double().pow(2).sum())
+                sums[n] += float(params[n].grad.pow(2).sum(dtype=torch.float64))
             count += 1
     return {n: sums[n] / (count * params[n].numel()) for n in names}, count
 

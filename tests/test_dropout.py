@@ -140,6 +140,26 @@ def test_mlm_per_example_grads_are_exact_and_masking_is_seeded():
         assert (vec[n] - ref[n]).abs().max().item() <= 1e-5 * scale, n
 
 
+def test_tensor_fisher_of_a_tied_mlm_model_matches_single_example_backward():
+    """The MLM decoder shares the word-embedding matrix: its per-example gradient is dense
+    and must come from the full gradient, not from the looked-up rows alone."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32)).eval()
+    assert fisher._sparse_word_embeddings(model) is None
+    batch = padded_batch()
+    batch = {**batch, "mlm_labels": torch.where(batch["attention_mask"].bool(),
+                                                batch["input_ids"], -100)}
+    names = [n for n, _ in model.named_parameters()]
+    got, _ = fisher.tensor_fisher(model, names, [batch], fisher.mlm_loss)
+    ref = loop_grads(model, names, batch, fisher.mlm_loss, unpad=False)
+    for n in names:
+        expected = ref[n].double().pow(2).mean(0).mean().item()
+        assert got[n] == pytest.approx(expected, rel=1e-4, abs=1e-12), n
+
+
 # ----- sites -----------------------------------------------------------------------------
 def test_sites_by_name_bert_and_distilbert():
     bert = find_sites(tiny_bert())

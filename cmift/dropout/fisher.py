@@ -39,12 +39,18 @@ MLM_PROBABILITY = 0.15
 
 
 # ----- per-example gradients -------------------------------------------------------------
+EMBEDS = "inputs_embeds"  # the token embeddings as an input, to differentiate through them
+
+
 def _model_inputs(example: dict) -> dict:
     """One example's tensors (L,) as a batch of one, with the padding as an additive 4D mask:
     transformers' own mask builder branches on the mask's values, which vmap cannot trace."""
     mask = example["attention_mask"][None, None, None, :].to(torch.float32)
-    inputs = {"input_ids": example["input_ids"][None],
-              "attention_mask": (1.0 - mask) * torch.finfo(torch.float32).min}
+    inputs = {"attention_mask": (1.0 - mask) * torch.finfo(torch.float32).min}
+    if EMBEDS in example:
+        inputs[EMBEDS] = example[EMBEDS][None]
+    else:
+        inputs["input_ids"] = example["input_ids"][None]
     if "token_type_ids" in example:
         inputs["token_type_ids"] = example["token_type_ids"][None]
     return inputs
@@ -53,19 +59,50 @@ def _model_inputs(example: dict) -> dict:
 def per_example_grads(model, names: list[str], batch: dict, loss_fn: Callable) -> dict:
     """{name: (B, *shape)} gradients of each example's loss w.r.t. the parameters `names`
     (full names in `model`), for a padded batch of B examples; `loss_fn(logits, example)` is one
-    example's scalar loss from logits of shape (1, ...)."""
+    example's scalar loss from logits of shape (1, ...). When the batch holds `inputs_embeds`
+    (B, L, d) the model reads them instead of `input_ids`, and their gradient comes back too."""
     from torch.func import functional_call, grad, vmap
 
     params = dict(model.named_parameters())
     wrt = {n: params[n].detach() for n in names}
 
-    def one(weights: dict, example: dict):
+    def one(weights: dict, embeds, example: dict):
+        if embeds is not None:
+            example = {**example, EMBEDS: embeds}
         out = functional_call(model, weights, args=(), kwargs=_model_inputs(example))
         return loss_fn(out.logits, example)
 
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "mlm_labels")
             if k in batch]
-    return vmap(grad(one), in_dims=(None, 0))(wrt, {k: batch[k] for k in keys})
+    examples = {k: batch[k] for k in keys}
+    if EMBEDS not in batch:
+        return vmap(grad(one), in_dims=(None, None, 0))(wrt, None, examples)
+    weights, embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0))(
+        wrt, batch[EMBEDS], examples)
+    return {**weights, EMBEDS: embeds}
+
+
+def embedding_square_sum(ids, embeds_grad) -> float:
+    """sum over examples of ||g_i||^2 for the word-embedding matrix, from the gradients of the
+    looked-up rows: example i's gradient of row v is the sum of its token gradients with id v,
+    every other row's is 0. Exact, without a (vocab x d) gradient per example."""
+    b, length = ids.shape
+    keys = (torch.arange(b, device=ids.device)[:, None] * (int(ids.max()) + 1) + ids).flatten()
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    rows = torch.zeros(len(unique), embeds_grad.shape[-1], dtype=embeds_grad.dtype,
+                       device=embeds_grad.device)
+    rows.index_add_(0, inverse, embeds_grad.reshape(b * length, -1))
+    return float(rows.detach().pow(2).sum(dtype=torch.float64))
+
+
+def _sparse_word_embeddings(model) -> str | None:
+    """The word-embedding weight's name when only the lookup reads it (no tied output layer):
+    then its per-example gradients are taken through the looked-up rows."""
+    table = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is table.weight:
+        return None
+    return next(n for n, p in model.named_parameters() if p is table.weight)
 
 
 def task_loss(regression: bool) -> Callable:
@@ -101,10 +138,17 @@ def tensor_fisher(model, names: list[str], batches, loss_fn: Callable) -> tuple[
     sums = {n: 0.0 for n in names}
     count = 0
     model.eval()  # no dropout: the Fisher of the model itself
+    word = _sparse_word_embeddings(model)
+    dense = [n for n in names if n != word]
     for batch in batches:
-        grads = per_example_grads(model, names, batch, loss_fn)
+        if word in names:
+            with torch.no_grad():
+                batch = {**batch, EMBEDS: model.get_input_embeddings()(batch["input_ids"])}
+        grads = per_example_grads(model, dense, batch, loss_fn)
+        if EMBEDS in grads:
+            sums[word] += embedding_square_sum(batch["input_ids"], grads.pop(EMBEDS))
         for n, g in grads.items():
-            sums[n] += float(g.detach().double().pow(2).sum())
+            sums[n] += float(g.detach().pow(2).sum(dtype=torch.float64))
         count += batch["input_ids"].shape[0]
     params = dict(model.named_parameters())
     return {n: sums[n] / (count * params[n].numel()) for n in names}, count
@@ -113,7 +157,14 @@ def tensor_fisher(model, names: list[str], batches, loss_fn: Callable) -> tuple[
 # ----- the Fisher of a run's backbone ----------------------------------------------------
 def _fisher_model(source: str, model_cfg, task, vocab_size: int, seed: int):
     """The model the Fisher is measured on, built under `seed` without touching the caller's
-    random stream."""
+    random stream; eager attention: vmap has batching rules for its matmuls and softmax, none
+    for the SDPA kernels (it would fall back to a slow per-example loop). Same maths."""
+    model = _build_fisher_model(source, model_cfg, task, vocab_size, seed)
+    model.set_attn_implementation("eager")
+    return model
+
+
+def _build_fisher_model(source: str, model_cfg, task, vocab_size: int, seed: int):
     from cmift.models.backbones import is_tiny, load_model, resolve_path
 
     with torch.random.fork_rng(devices=[]):
@@ -194,9 +245,6 @@ def measure(model_cfg, task, train, tokenizer, knobs, device) -> tuple[dict, int
 
     source = str(getattr(knobs.source, "value", knobs.source))
     model = _fisher_model(source, model_cfg, task, len(tokenizer), knobs.fisher_seed)
-    # eager attention: vmap has batching rules for its matmuls and softmax, none for the SDPA
-    # kernels (it would fall back to a slow per-example loop). Same maths.
-    model.set_attn_implementation("eager")
     model.to(device)
     prefix = model.base_model_prefix
     names = [n for n, _ in model.named_parameters() if n.startswith(f"{prefix}.")]
