@@ -10,17 +10,21 @@ import pytest
 from cmift.report.summarize import write_tables
 
 
-def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m", **data):
-    folder = root / task / objective / model / f"seed={seed},lam={lam},{data}"
+def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m",
+             dropout=None, **data):
+    folder = root / task / objective / model / f"seed={seed},lam={lam},{dropout},{data}"
     folder.mkdir(parents=True)
     config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
               "objective": {"name": objective}, "train": {"epochs": 3},
               "data": {"max_seq_length": 128, **data}}
+    if dropout:  # standard dropout is absent from identities, as before the group existed
+        config["dropout"] = {"name": dropout}
     if objective != "ce":  # as in real records: a run's identity holds only what it reads
         config["objective"]["cmi"] = {"lam": lam or 0.0, "beta": 0.0}
     score = sum(metrics.values()) / len(metrics)
     record = {"schema_version": 1, "status": status, "task": task, "model": model,
               "objective": objective, "distillation": "none", "seed": seed, "config": config,
+              **({"dropout": dropout} if dropout else {}),
               "evals": [{"step": 10, "epoch": 1.0, "dev": {**metrics, "score": score,
                                                               "cmi": 0.1, "ncmi": 0.2}}]}
     if status == "ok":
@@ -71,6 +75,17 @@ def test_delta_table_pairs_by_seed(runs):
     delta = out["delta"]
     assert delta.loc["m min_cmi", "RTE"] == "+5.0 [+5.0, +5.0] W2/L0 of 2"
     assert delta.loc["m min_cmi", "MRPC"] == "+2.0 [+2.0, +2.0] W2/L0 of 2"  # .87/.89 - .86/.87
+
+
+def test_dropout_methods_are_rows_and_compare_with_standard_ce(tmp_path):
+    for seed, acc in [(1, 0.70), (2, 0.72)]:
+        make_run(tmp_path, "rte", "ce", seed, {"accuracy": acc})  # a record from before
+        make_run(tmp_path, "rte", "ce", seed, {"accuracy": acc + 0.03}, dropout="guided")
+        make_run(tmp_path, "rte", "ce", seed, {"accuracy": acc - 0.01}, dropout="none")
+    out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False)
+    assert sorted(out["glue"].index) == ["m ce", "m ce +guided dropout", "m ce without dropout"]
+    assert out["delta"].loc["m ce +guided dropout", "RTE"] == "+3.0 [+3.0, +3.0] W2/L0 of 2"
+    assert out["delta"].loc["m ce without dropout", "RTE"] == "-1.0 [-1.0, -1.0] W0/L2 of 2"
 
 
 def test_files_written_and_runs_csv_is_tidy(runs):
