@@ -1,6 +1,7 @@
-"""Per-example gradients for guided dropout's Fisher: cmift's vectorised torch.func path against
-its peer, a loop of single-example backward passes (what the authors' script does), on the same
-examples in the same process. Prints examples/s of each, the ratio, and the largest difference
+"""Per-example gradients for guided dropout's Fisher: the vectorised torch.func path
+(`dropout.guided.per_example=vmap`) against its peer, a loop of single-example backward passes
+(`per_example=loop`, what the authors' script does), on the same examples in the same process.
+Prints examples/s of each, the ratio, and the largest difference
 between the two Fisher estimates (relative, per tensor).
 
   python bench/fisher_per_example.py --model minilm_l6 --task mrpc --samples 64
@@ -12,30 +13,6 @@ import argparse
 import time
 
 from benchlib import add_glue_dir
-
-
-def loop_fisher(model, names, batches, loss_fn):
-    """The peer: one backward pass per example (no padding: each example alone)."""
-    import torch
-
-    from cmift.dropout.fisher import _model_inputs
-
-    params = dict(model.named_parameters())
-    sums = {n: 0.0 for n in names}
-    count = 0
-    model.eval()
-    for batch in batches:
-        for row in range(batch["input_ids"].shape[0]):
-            example = {k: v[row] for k, v in batch.items()}
-            keep = example["attention_mask"].bool()
-            example = {k: (v[keep] if v.ndim == 1 and v.shape[0] == keep.shape[0] else v)
-                       for k, v in example.items()}
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(**_model_inputs(example)).logits, example).backward()
-            for n in names:
-                sums[n] += float(params[n].grad.pow(2).sum(dtype=torch.float64))
-            count += 1
-    return {n: sums[n] / (count * params[n].numel()) for n in names}, count
 
 
 def main() -> None:
@@ -77,14 +54,14 @@ def main() -> None:
     for c in chunks:
         c.pop("index")
     loss_fn = fisher.task_loss(task.is_regression)
-    fisher.tensor_fisher(model, names, chunks[:1], loss_fn)  # warm-up, both paths
-    loop_fisher(model, names, chunks[:1], loss_fn)
+    fisher.tensor_fisher(model, names, chunks[:1], loss_fn, "vmap")  # warm-up, both paths
+    fisher.tensor_fisher(model, names, chunks[:1], loss_fn, "loop")
 
     start = time.perf_counter()
-    vec, n = fisher.tensor_fisher(model, names, chunks, loss_fn)
+    vec, n = fisher.tensor_fisher(model, names, chunks, loss_fn, "vmap")
     vec_s = time.perf_counter() - start
     start = time.perf_counter()
-    ref, _ = loop_fisher(model, names, chunks, loss_fn)
+    ref, _ = fisher.tensor_fisher(model, names, chunks, loss_fn, "loop")
     loop_s = time.perf_counter() - start
     # relative to the tensor, or to the largest Fisher for tensors whose true gradient is zero
     # (attention key biases: softmax ignores them; their "Fisher" is rounding noise ~1e-25)

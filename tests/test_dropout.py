@@ -92,13 +92,14 @@ def test_vectorised_per_example_grads_equal_single_example_backward(unpad, atten
         assert (vec[n] - ref[n]).abs().max().item() <= 1e-5 * max(scale, 1e-3), n
 
 
-def test_tensor_fisher_matches_numpy_mean_of_squared_gradients():
-    model = tiny_bert().eval()
+@pytest.mark.parametrize("how", ["vmap", "loop"])
+def test_tensor_fisher_matches_numpy_mean_of_squared_gradients(how):
+    model = tiny_bert(attn_implementation="eager").eval()
     names = [n for n, _ in model.base_model.named_parameters()]
     names = [f"bert.{n}" for n in names]
     batches = [padded_batch(seed=s) for s in (1, 2)]
     loss_fn = fisher.task_loss(regression=False)
-    got, count = fisher.tensor_fisher(model, names, batches, loss_fn)
+    got, count = fisher.tensor_fisher(model, names, batches, loss_fn, how)
     assert count == 10
     grads = [loop_grads(model, names, b, loss_fn, unpad=True) for b in batches]
     expected = {}

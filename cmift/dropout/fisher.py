@@ -16,8 +16,10 @@ Examples, masks and the fresh head come from `fisher_seed`, never from the run's
 stream: every run of a sweep reads the same Fisher, and a run's results do not depend on whether
 the Fisher was computed or read from the cache.
 
-Per-example gradients are exact and vectorised: torch.func.vmap over the gradient of one
-example's loss, a chunk of examples at a time (padding is masked, so it changes no gradient).
+Per-example gradients are exact, two ways (`dropout.guided.per_example`): vectorised,
+torch.func.vmap over the gradient of one example's loss, a chunk of examples at a time (padding
+is masked, so it changes no gradient); or a loop of ordinary backward passes, one example at a
+time. `auto` takes vmap on CUDA and the loop on a CPU, where it measured faster.
 """
 
 from __future__ import annotations
@@ -133,22 +135,45 @@ def mask_tokens(batch: dict, tokenizer, generator) -> dict:
     return {**batch, "input_ids": masked, "mlm_labels": labels}
 
 
-def tensor_fisher(model, names: list[str], batches, loss_fn: Callable) -> tuple[dict, int]:
-    """({name: mean over elements of the empirical Fisher}, n examples) over `batches`."""
+def _vmap_square_sums(model, names, batch, loss_fn, sums: dict) -> None:
+    """Adds each tensor's sum over the batch's examples of g_i^2 (vectorised)."""
+    word = _sparse_word_embeddings(model)
+    if word in names:
+        with torch.no_grad():
+            batch = {**batch, EMBEDS: model.get_input_embeddings()(batch["input_ids"])}
+    grads = per_example_grads(model, [n for n in names if n != word], batch, loss_fn)
+    if EMBEDS in grads:
+        sums[word] += embedding_square_sum(batch["input_ids"], grads.pop(EMBEDS))
+    for n, g in grads.items():
+        sums[n] += float(g.detach().pow(2).sum(dtype=torch.float64))
+
+
+def _loop_square_sums(model, names, batch, loss_fn, sums: dict) -> None:
+    """The same sums from one ordinary backward pass per example, each without padding."""
+    params = dict(model.named_parameters())
+    for row in range(batch["input_ids"].shape[0]):
+        example = {k: v[row] for k, v in batch.items()}
+        keep = example["attention_mask"].bool()
+        example = {k: v[keep] if v.ndim == 1 and v.shape[0] == keep.shape[0] else v
+                   for k, v in example.items()}
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(**_model_inputs(example)).logits, example).backward()
+        for n in names:
+            sums[n] += float(params[n].grad.pow(2).sum(dtype=torch.float64))
+    model.zero_grad(set_to_none=True)
+
+
+def tensor_fisher(model, names: list[str], batches, loss_fn: Callable, how: str = "vmap"
+                  ) -> tuple[dict, int]:
+    """({name: mean over elements of the empirical Fisher}, n examples) over `batches`, the
+    per-example gradients taken vectorised (`how="vmap"`) or one backward pass at a time
+    (`"loop"`): the same numbers up to rounding, at different speeds (bench/fisher_per_example)."""
     sums = {n: 0.0 for n in names}
     count = 0
     model.eval()  # no dropout: the Fisher of the model itself
-    word = _sparse_word_embeddings(model)
-    dense = [n for n in names if n != word]
+    add = _vmap_square_sums if how == "vmap" else _loop_square_sums
     for batch in batches:
-        if word in names:
-            with torch.no_grad():
-                batch = {**batch, EMBEDS: model.get_input_embeddings()(batch["input_ids"])}
-        grads = per_example_grads(model, dense, batch, loss_fn)
-        if EMBEDS in grads:
-            sums[word] += embedding_square_sum(batch["input_ids"], grads.pop(EMBEDS))
-        for n, g in grads.items():
-            sums[n] += float(g.detach().pow(2).sum(dtype=torch.float64))
+        add(model, names, batch, loss_fn, sums)
         count += batch["input_ids"].shape[0]
     params = dict(model.named_parameters())
     return {n: sums[n] / (count * params[n].numel()) for n in names}, count
@@ -264,7 +289,10 @@ def measure(model_cfg, task, train, tokenizer, knobs, device) -> tuple[dict, int
             yield {k: v.to(device) for k, v in batch.items()}
 
     log.info("Fisher (%s loss) of %s on %d training examples", source, model_cfg.name, n)
-    tensors, count = tensor_fisher(model, names, batches(), loss_fn)
+    how = str(getattr(knobs.per_example, "value", knobs.per_example))
+    if how == "auto":  # measured: vmap loses to the loop on a 2-core CPU (0.72x on MiniLM-L6)
+        how = "vmap" if torch.device(device).type == "cuda" else "loop"
+    tensors, count = tensor_fisher(model, names, batches(), loss_fn, how)
     # names relative to the backbone: the classifier's and the MLM model's sites agree
     return {name[len(prefix) + 1:]: v for name, v in tensors.items()}, count
 

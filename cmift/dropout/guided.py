@@ -36,6 +36,12 @@ class Source(str, Enum):
     mlm = "mlm"  # the masked-LM loss of the checkpoint's MLM head (the paper's)
 
 
+class PerExample(str, Enum):
+    auto = "auto"  # vmap on CUDA, the loop on a CPU (measured faster there)
+    vmap = "vmap"  # torch.func.vmap over one example's gradient, `chunk` examples at a time
+    loop = "loop"  # one ordinary backward pass per example
+
+
 class Schedule(str, Enum):
     rank = "rank"  # p = linspace(p_max, p_min, n) over the scores sorted ascending (the paper's)
     log_score = "log_score"  # p linear in log(score), p_max at the lowest, p_min at the highest
@@ -51,6 +57,8 @@ class GuidedKnobs:
     schedule: Schedule = knob(Schedule.rank)
     # examples, MLM masks and the fresh head of the Fisher: one seed for every run of a sweep
     fisher_seed: int = knob(0)
+    # how per-example gradients are taken: the same numbers, at different speeds
+    per_example: PerExample = knob(PerExample.auto, identity=False)
     chunk: int = knob(8, POSITIVE_INT, identity=False)  # examples per vectorised gradient
 
 
