@@ -168,3 +168,9 @@ def test_new_users_two_runs_make_two_rows(glue_dir, tmp_path):
     md = (tmp_path / "o" / "tables" / "glue.md").read_text()
     assert "(n=2)" not in md and md.count("(n=1)") == 2
     assert "{smoke: max_steps 20}" in md and "subset: dev 50" in md
+
+
+def test_a_study_with_no_finished_run_yet_gives_empty_tables(tmp_path):
+    make_run(tmp_path, "rte", "ce", 1, {"accuracy": 0.5}, status="running")
+    out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False)
+    assert out["delta"].empty

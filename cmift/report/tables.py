@@ -91,6 +91,8 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
     wins/losses."""
     ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
     ok = ok.merge(select(runs), on=["method", "task", "setting"])
+    if ok.empty:  # a study whose runs have not finished yet
+        return pd.DataFrame()
     recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
     baseline = is_baseline(ok)
