@@ -139,7 +139,10 @@ def table_main(argv: list[str] | None = None) -> None:
                     help="report each run's last evaluation or its best (by dev score)")
     ap.add_argument("--out", default=None, help="default: <first folder>/tables")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--tune", default="", help="comma list of more keys chosen per task on the "
+                    "selection split, e.g. train.lr,train.epochs (the ce recipe)")
     args = ap.parse_args(argv)
+    tune = tuple(k.strip() for k in args.tune.split(",") if k.strip())
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = sorted(set(formats) - {"md", "tex", "csv"})
     if bad:
@@ -154,7 +157,8 @@ def table_main(argv: list[str] | None = None) -> None:
     from cmift.report.summarize import write_tables
 
     out = Path(args.out or Path(args.folders[0]) / "tables")
-    result = write_tables(args.folders, out, formats, args.epoch, plots=not args.no_plots)
+    result = write_tables(args.folders, out, formats, args.epoch, plots=not args.no_plots,
+                          tune=tune)
     console = Console()
     if not result["runs"]:
         _fail(f"no metrics.json under {', '.join(args.folders)}")

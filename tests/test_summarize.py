@@ -174,3 +174,21 @@ def test_a_study_with_no_finished_run_yet_gives_empty_tables(tmp_path):
     make_run(tmp_path, "rte", "ce", 1, {"accuracy": 0.5}, status="running")
     out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False)
     assert out["delta"].empty
+
+
+def test_tuned_recipe_is_chosen_on_the_selection_split_not_dev(tmp_path):
+    """--tune train.lr: one row per method, the lr chosen by the selection split's score."""
+    for lr, dev, sel in [(2e-5, 0.90, 0.60), (1e-4, 0.70, 0.80)]:
+        for seed in (1, 2):
+            make_run(tmp_path, "rte", "ce", seed, {"accuracy": dev}, lam=lr)
+            path = next(tmp_path.glob(f"rte/ce/m/seed={seed},lam={lr},*/metrics.json"))
+            record = json.loads(path.read_text())
+            record["config"]["train"]["lr"] = lr
+            record["evals"][0]["selection"] = {"accuracy": sel, "score": sel}
+            record["final"]["step"] = record["best"]["step"] = 10
+            path.write_text(json.dumps(record))
+    out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False,
+                       tune=("train.lr",))
+    assert list(out["glue"].index) == ["m ce"]
+    assert out["glue"].loc["m ce", "RTE (accuracy)"] == "70.0±0.0 (n=2) [lr=0.0001]"
+    assert "selection split" in out["rule"]

@@ -62,8 +62,9 @@ def is_baseline(runs: pd.DataFrame) -> pd.Series:
     return (runs["objective"] == "ce") & (runs["dropout"] == "standard")
 
 
-def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
-    """Adds `method` (a readable label) and `setting` (the tuned knobs' values)."""
+def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Adds `method` (a readable label) and `setting` (the tuned knobs' values). `tune`: more
+    keys chosen per task, e.g. ("train.lr", "train.epochs") when the ce recipe is tuned."""
     runs = runs.copy()
     if runs.empty:
         return runs.assign(method=[], setting=[])
@@ -75,7 +76,7 @@ def add_methods(runs: pd.DataFrame) -> pd.DataFrame:
     for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout"],
                                  dropna=False, sort=False):
         first = group.iloc[0]
-        tuned = hparam_keys(first["objective"], first["distillation"])
+        tuned = hparam_keys(first["objective"], first["distillation"]) + list(tune)
         short = short_names(tuned)
         hp = [f"cfg.{k}" for k in tuned]
         cols = [c for c in group.columns if c.startswith("cfg.") and c not in hp

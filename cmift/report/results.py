@@ -26,6 +26,11 @@ steps; no weights). Do not edit by hand: the reading below comes from `docs/resu
 """
 
 
+# Studies that tune the recipe: their tables choose these keys per task (on the selection split)
+# instead of showing one row per value.
+TUNE = {"ce_tuning": ("train.lr", "train.epochs"), "ce_tuning_sst2": ("train.lr", "train.epochs")}
+
+
 def _cost(runs: pd.DataFrame) -> str:
     ok = runs[runs["status"] == "ok"]
     seconds = pd.to_numeric(ok.get("train_seconds"), errors="coerce").fillna(0).sum() + \
@@ -39,7 +44,7 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
     runs, evals = load_runs([str(study)], "last")
     if runs.empty:
         return ""
-    runs = add_methods(runs)
+    runs = add_methods(runs, TUNE.get(study.name, ()))
     glue, means = glue_table(runs)
     delta = delta_table(runs)
     made = write_plots(runs, evals, figures / f"{platform}-{study.name}")

@@ -32,13 +32,14 @@ def rules(epoch: str, split: str) -> dict[str, str]:
 
 
 def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
-                 plots: bool = True) -> dict:
-    """Writes runs.csv and the GLUE / delta tables; returns what it wrote and showed."""
+                 plots: bool = True, tune: tuple[str, ...] = ()) -> dict:
+    """Writes runs.csv and the GLUE / delta tables; returns what it wrote and showed. `tune`:
+    keys chosen per task besides the methods' own (see methods.add_methods)."""
     runs, curves = load_runs(folders, epoch)
     out.mkdir(parents=True, exist_ok=True)
     if runs.empty:
         return {"runs": 0, "files": [], "glue": None, "delta": None, "rule": ""}
-    runs = add_methods(runs)
+    runs = add_methods(runs, tune)
     runs.to_csv(out / "runs.csv", index=False)
     glue, means = glue_table(runs)
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
