@@ -76,13 +76,15 @@ def _job(cfg: DictConfig) -> None:
         _fail(f"{how}; a checkpoint and the partial run are in {run_dir}: run the command "
               "again to resume", code)
     except Exception as e:
+        from cmift.runs.files import DiskFull
         from cmift.training.loop import NonFiniteLoss
 
-        message = str(e) if isinstance(e, (ConfigError, DataError)) else f"{type(e).__name__}: {e}"
+        plain = (ConfigError, DataError, DiskFull)
+        message = str(e) if isinstance(e, plain) else f"{type(e).__name__}: {e}"
         if not sweeping:
             if isinstance(e, (ConfigError, DataError)):
                 _fail(message)
-            if isinstance(e, NonFiniteLoss):
+            if isinstance(e, (NonFiniteLoss, DiskFull)):
                 _fail(f"run {run_dir} stopped: {e}", code=1)
             raise
         # In a sweep the failure is recorded (metrics.json, run.log) and the sweep goes on.

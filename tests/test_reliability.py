@@ -38,7 +38,7 @@ def _interrupt_then_resume(glue_dir, tmp_path, args, fault, code):
     _, err = stopped.communicate(timeout=300)
     assert stopped.returncode == code, err[-2000:]
     partial, run_dir = _metrics(tmp_path / "stopped")
-    assert partial["status"] in ("running", "interrupted")  # nothing finished, nothing torn
+    assert partial["status"] in ("running", "interrupted", "failed")  # not finished, not torn
     again = _start([*args, f"output_dir={tmp_path}/stopped"], tmp_path)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
@@ -117,3 +117,54 @@ def test_atomic_json_write_leaves_the_old_file_on_failure(tmp_path):
         write_json(path, circular)  # the write fails midway
     assert json.loads(path.read_text()) == {"status": "ok"}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_rerun_resumes(glue_dir,
+                                                                                 tmp_path):
+    """The 3rd checkpoint write fails with ENOSPC halfway (fault hook): one line naming the
+    file and the space, exit 1, the earlier checkpoints intact; after 'freeing space' (no
+    fault) the same command resumes and ends where an uninterrupted run ends."""
+    reference, resumed, run_dir = _interrupt_then_resume(
+        glue_dir, tmp_path, [*TINY, "objective=min_cmi", "train.save_every=5"],
+        "enospc@step-*.pt#3", 1)
+    assert resumed["status"] == "ok" and dev_evals(resumed) == dev_evals(reference)
+    assert "resumed from" in (run_dir / "run.log").read_text()
+
+
+def test_the_full_disk_message(glue_dir, tmp_path):
+    args = [*TINY, "train.save_every=5", f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}"]
+    proc = _start(args, tmp_path, faults="enospc@step-*.pt#2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    (line,) = [x for x in err.strip().splitlines() if x.startswith("cmift: error:")]
+    assert "no space left" in line and "step-00000010.pt" in line and "MB free" in line
+    record, run_dir = _metrics(tmp_path)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["step-00000005.pt"]  # no partial file left behind
+    assert record["status"] == "failed" and "no space left" in record["error"]
+
+
+class _Planted:
+    """A pickle payload: unpickling it would create a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickle_payloads_are_refused(tmp_path):
+    import numpy as np
+
+    from cmift.training.teacher import read_logits
+
+    marker = tmp_path / "pwned"
+    ckpt.save(tmp_path, 1, {"step": 1, "w": torch.ones(1)}, keep=3)
+    torch.save({"step": 2, "evil": _Planted(marker)}, tmp_path / "checkpoints" / "step-00000002.pt")
+    assert ckpt.latest(tmp_path)["step"] == 1  # the planted newest one is skipped, not run
+    np.save(tmp_path / "train_logits.npy", np.array([_Planted(marker)], dtype=object),
+            allow_pickle=True)
+    with pytest.raises(ValueError, match="not a plain array"):
+        read_logits(tmp_path / "train_logits.npy")
+    assert not marker.exists()

@@ -13,7 +13,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from cmift.config.identity import config_hash, identity
-from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, write_json
+from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, DiskFull, write_json
 
 
 def _now() -> str:
@@ -65,7 +65,10 @@ class RunRecord:
 
     def fail(self, error: BaseException) -> None:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        self.update(status=status, error=f"{type(error).__name__}: {error}")
+        try:
+            self.update(status=status, error=f"{type(error).__name__}: {error}")
+        except DiskFull:  # the disk that stopped the run: the record keeps its last state
+            pass
 
     def finish(self, result, peak_memory_mb: dict, extra: Optional[dict] = None) -> None:
         """Status ok, with the final and best evaluations and what the run cost."""

@@ -20,9 +20,9 @@ from cmift.config.spec import choice
 from cmift.data.tasks import GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.objectives import Objective
+from cmift.runs import faults
 from cmift.runs.files import STEPS_FILE
 from cmift.training import checkpoint as ckpt
-from cmift.training import faults
 from cmift.training.device import Device, Forward, pin_batch, to_device
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
 from cmift.training.optim import linear_schedule, make_optimizer, plan_steps

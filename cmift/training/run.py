@@ -28,7 +28,7 @@ from cmift.models.backbones import (
     max_positions,
 )
 from cmift.objectives import build as build_objective
-from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, write_json
+from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, DiskFull, write_json
 from cmift.runs.logs import setup_logging
 from cmift.runs.manifest import manifest
 from cmift.runs.predictions import write_predictions
@@ -64,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
         _train(cfg, device, run_dir, record, after_fit)
     except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
         record.fail(e)
-        if not isinstance(e, (ConfigError, KeyboardInterrupt)):
+        if not isinstance(e, (ConfigError, KeyboardInterrupt, DiskFull)):
             log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
         raise
     return record.data

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cmift.runs.files import disk_full
 
 
 class StepLog:
@@ -30,10 +33,15 @@ class StepLog:
         names = list(self.pending[0][2])
         values = torch.stack([torch.stack([t[k].float() for k in names])
                               for _, _, t, _, _ in self.pending]).cpu().tolist()
-        with open(self.path, "a") as f:
-            for (step, epoch, _, lr, seconds), row in zip(self.pending, values):
-                f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr, "seconds": seconds,
-                                    **dict(zip(names, row))}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                for (step, epoch, _, lr, seconds), row in zip(self.pending, values):
+                    f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr,
+                                        "seconds": seconds, **dict(zip(names, row))}) + "\n")
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise disk_full(self.path, 0) from None
         means = dict(zip(names, np.mean(values, axis=0).tolist()))
         self.pending.clear()
         return means

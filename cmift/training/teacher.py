@@ -92,8 +92,17 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
                 atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
 
             run(tcfg, folder, overrides=[], after_fit=store_logits)
-    return Teacher(key, folder, np.load(folder / LOGITS_FILE), read_json(folder / METRICS_FILE),
-                   reused)
+    return Teacher(key, folder, read_logits(folder / LOGITS_FILE),
+                   read_json(folder / METRICS_FILE), reused)
+
+
+def read_logits(path: Path) -> np.ndarray:
+    """The cached teacher logits: a plain float array, never unpickled."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"teacher logit cache {path} is not a plain array ({e}); delete it to "
+                         "train the teacher again") from None
 
 
 def student_model_config(cfg: DictConfig):

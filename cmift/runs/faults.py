@@ -3,15 +3,20 @@ timer): `CMIFT_FAULTS="nan_loss@3"` makes the loss of the 3rd optimiser-step att
 last micro-batch; attempts count skipped steps too, so a fault fires once), `nan_loss@3.0`
 only its first micro-batch; `nan_outputs@3` makes the model's outputs (logits and features)
 NaN instead; `sigint@5`, `sigterm@5` or `sigkill@5` make the process send itself that signal
-right after optimiser step 5 (and its checkpoint, if one is due); several faults are
-comma-separated."""
+right after optimiser step 5 (and its checkpoint, if one is due); `enospc@step-*.pt#2` makes
+the 2nd atomic write of a file whose name matches `step-*.pt` fail halfway with "no space left
+on device" (ENOSPC); several faults are comma-separated."""
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import os
+from collections import Counter
 from functools import lru_cache
 
 ENV = "CMIFT_FAULTS"
+_writes: Counter = Counter()  # atomic writes so far, per enospc pattern
 
 
 @lru_cache(maxsize=8)
@@ -19,9 +24,26 @@ def _parse(spec: str) -> frozenset:
     faults = set()
     for item in filter(None, (x.strip() for x in spec.split(","))):
         name, _, where = item.partition("@")
+        if name == "enospc":
+            pattern, _, nth = where.partition("#")
+            faults.add((name, pattern, int(nth or 1)))
+            continue
         step, _, micro = where.partition(".")
         faults.add((name, int(step), int(micro) if micro else -1))
     return frozenset(faults)
+
+
+def write_fault(file_name: str) -> None:
+    """Raise ENOSPC if an `enospc@<pattern>#<n>` fault names this write (the n-th atomic write
+    of a file matching the pattern, counted in this process)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    for _, pattern, nth in (f for f in _parse(spec) if f[0] == "enospc"):
+        if fnmatch.fnmatch(file_name, pattern):
+            _writes[pattern] += 1
+            if _writes[pattern] == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def active(name: str, attempt: int, micro: int, last_micro: int) -> bool:
