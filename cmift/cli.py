@@ -6,6 +6,7 @@ Only the config schema is imported up front: torch and transformers load inside 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -51,7 +52,8 @@ def _job(cfg: DictConfig) -> None:
     base = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        validate(cfg)  # before anything heavy is imported: a bad value answers at once
+        # before anything heavy is imported: a bad value answers at once
+        validate(cfg, list(hydra_cfg.overrides.task))
     except ConfigError as e:
         if not sweeping:
             _fail(str(e))
@@ -62,7 +64,11 @@ def _job(cfg: DictConfig) -> None:
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
         return
-    run_dir = claim_run_dir(base)
+    try:
+        run_dir = claim_run_dir(base)
+    except OSError as e:  # output_dir a file, read-only, or on a full disk
+        _fail(f"output_dir={cfg.output_dir!r} cannot hold the run directory {base}: "
+              f"{e.strerror or e}")
     try:
         from cmift.training.run import run
 
@@ -84,7 +90,9 @@ def _job(cfg: DictConfig) -> None:
         if not sweeping:
             if isinstance(e, (ConfigError, DataError)):
                 _fail(message)
-            if isinstance(e, (NonFiniteLoss, DiskFull)):
+            if isinstance(e, DiskFull):  # the environment, not the run: fixable, like a bad input
+                _fail(f"run {run_dir} stopped: {e}")
+            if isinstance(e, NonFiniteLoss):
                 _fail(f"run {run_dir} stopped: {e}", code=1)
             raise
         # In a sweep the failure is recorded (metrics.json, run.log) and the sweep goes on.
@@ -92,6 +100,10 @@ def _job(cfg: DictConfig) -> None:
         record_failure(run_dir, message)
     finally:
         release_run_dir(run_dir)
+
+
+WRITE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC}
 
 
 def _one_line(error: BaseException) -> str:
@@ -124,6 +136,12 @@ def main() -> None:
         _job()
     except (HydraException, OmegaConfBaseException) as e:
         _fail(_one_line(e))
+    except OSError as e:
+        # Hydra creates the run directory before the job: output_dir a file, read-only, or on a
+        # filesystem that holds no folders
+        if e.filename is None or e.errno not in WRITE_ERRNOS:
+            raise
+        _fail(f"cannot write {e.filename}: {e.strerror} (check output_dir / hydra.run.dir)")
     except ValueError as e:  # Hydra's own command-line rules, e.g. `-m` with `--cfg`
         if "can be specified" not in str(e):
             raise

@@ -122,11 +122,11 @@ def test_atomic_json_write_leaves_the_old_file_on_failure(tmp_path):
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_rerun_resumes(glue_dir,
                                                                                  tmp_path):
     """The 3rd checkpoint write fails with ENOSPC halfway (fault hook): one line naming the
-    file and the space, exit 1, the earlier checkpoints intact; after 'freeing space' (no
+    file and the space, exit 2, the earlier checkpoints intact; after 'freeing space' (no
     fault) the same command resumes and ends where an uninterrupted run ends."""
     reference, resumed, run_dir = _interrupt_then_resume(
         glue_dir, tmp_path, [*TINY, "objective=min_cmi", "train.save_every=5"],
-        "enospc@step-*.pt#3", 1)
+        "enospc@step-*.pt#3", 2)
     assert resumed["status"] == "ok" and dev_evals(resumed) == dev_evals(reference)
     assert "resumed from" in (run_dir / "run.log").read_text()
 
@@ -135,7 +135,7 @@ def test_the_full_disk_message(glue_dir, tmp_path):
     args = [*TINY, "train.save_every=5", f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}"]
     proc = _start(args, tmp_path, faults="enospc@step-*.pt#2")
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
     (line,) = [x for x in err.strip().splitlines() if x.startswith("cmift: error:")]
     assert "no space left" in line and "step-00000010.pt" in line and "MB free" in line
     record, run_dir = _metrics(tmp_path)

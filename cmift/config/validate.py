@@ -29,10 +29,46 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
-def validate(cfg: DictConfig) -> None:
+def undeclared(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys the schema does not declare: what a `+key=value` override adds (nothing reads it)."""
+    declared = {f.name for f in iter_fields(OmegaConf.get_type(node))}
+    found = []
+    for key in node.keys():
+        if key == "hydra":
+            continue
+        if declared and key not in declared:
+            found.append(f"{prefix}{key}")
+        elif isinstance(child := node._get_node(key), DictConfig):
+            found += undeclared(child, f"{prefix}{key}.")
+    return found
+
+
+def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """What composition cannot see: OmegaConf turns any integer into a bool (`=2` is true),
+    while the run's name keeps the spelling, so one setting could run twice under two names."""
+    from omegaconf.nodes import BooleanNode
+
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if not sep or key.startswith("hydra"):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if (isinstance(node, DictConfig) and leaf in node
+                and isinstance(node._get_node(leaf), BooleanNode)
+                and value.strip().lower() not in ("true", "false")):
+            raise ConfigError(f"{key}={value!r} is not allowed: true or false")
+
+
+def validate(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Refuse a bad config with one line naming the key, the value and what is allowed."""
     from cmift.data.tasks import TASKS
 
+    extra = undeclared(cfg)
+    if extra:
+        raise ConfigError(f"{extra[0]} is not a cmift key: a '+' override adds a key that "
+                          "nothing reads (`cmift --help` lists every key)")
+    check_overrides(cfg, list(overrides))
     _require(cfg.task.name in TASKS, "task.name", cfg.task.name, f"one of {sorted(TASKS)}")
     for key, value, meta in leaves(cfg):
         check = meta.get("check")

@@ -126,7 +126,7 @@ def read_tsv(task: GlueTask, path: Path, skip_bad: bool = False,
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows) if task.has_header else None
+        header = next(rows, []) if task.has_header else None
         text_idx = [_column_index(c, header, path) for c in task.text]
         label_idx = _column_index(task.label, header, path)
         label_ids = {s: i for i, s in enumerate(task.labels or ())}
@@ -212,7 +212,15 @@ def load_raw(task: GlueTask, glue_dir: Optional[str], skip_bad_rows: bool = Fals
     splits = {}
     for split, path in task_files(task, glue_dir).items():
         lines: list[int] = []
-        splits[split] = Dataset.from_dict(read_tsv(task, path, skip_bad_rows, lines))
+        try:
+            columns = read_tsv(task, path, skip_bad_rows, lines)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                            f"{e.start}); GLUE files are UTF-8") from None
+        if not columns["label"]:
+            raise DataError(f"{path}: no data rows (an empty or header-only file); expected "
+                            f"the GLUE {task.name.upper()} layout")
+        splits[split] = Dataset.from_dict(columns)
         if skipped is not None and lines:
             skipped[split] = lines
     return DatasetDict(splits)

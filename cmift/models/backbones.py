@@ -86,11 +86,67 @@ def build_tiny_tokenizer(model_cfg, texts, cache_dir: Path, key: str):
     return fast
 
 
+def _unloadable(model_cfg, what: str, error: Exception) -> ConfigError:
+    """One line for a model that cannot be read: a missing or empty folder, no weights, no
+    tokenizer, a broken config.json, an unknown architecture, an unreachable hub."""
+    text = " ".join(x.strip() for x in str(error).splitlines() if x.strip())
+    text = text or type(error).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: cannot load its {what}: "
+                       f"{text}")
+
+
+def _check_folder(model_cfg) -> str:
+    """The resolved path; a path that looks local but does not exist is named at once (the
+    hub client would call it an invalid repo id)."""
+    path = resolve_path(model_cfg.name_or_path)
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: no such folder")
+    return path
+
+
+# A folder without one of these has no vocabulary: transformers would quietly build a 5-token
+# tokenizer that reads every word as [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
 def load_tokenizer(model_cfg):
+    """The backbone's tokenizer; decoder-style tokenizers without a padding token pad with
+    their end-of-sequence token (the usual recipe for GPT-style classifiers)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_path(model_cfg.name_or_path),
-                                         trust_remote_code=model_cfg.trust_remote_code)
+    path = _check_folder(model_cfg)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: the folder holds no "
+                          f"tokenizer (one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _unloadable(model_cfg, "tokenizer", e) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: its tokenizer "
+                              "has neither a padding nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _check_head(model_cfg, folder: str, num_labels: int) -> None:
+    """A checkpoint that already has a classifier for another label count (an MNLI model on
+    MRPC) is named, not loaded with a silently re-initialised or mismatched head."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _unloadable(model_cfg, "config", e) from None
+    heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+    if heads and config.num_labels != num_labels:
+        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} is a {heads[0]} with "
+                          f"{config.num_labels} labels; this task has {num_labels}: use the "
+                          "backbone checkpoint without its classifier")
 
 
 def load_model(model_cfg, num_labels: int, regression: bool, vocab_size: int):
@@ -109,12 +165,19 @@ def load_model(model_cfg, num_labels: int, regression: bool, vocab_size: int):
                             max_position_embeddings=512, num_labels=num_labels,
                             problem_type=problem)
         return BertForSequenceClassification(config)
-    folder = resolve_path(model_cfg.name_or_path)
+    folder = _check_folder(model_cfg)
     if Path(folder).is_dir():
         verify_weights(model_cfg, folder)
-    return AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=num_labels, problem_type=problem,
-        trust_remote_code=model_cfg.trust_remote_code)
+    _check_head(model_cfg, folder, num_labels)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=num_labels, problem_type=problem,
+            trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _unloadable(model_cfg, "weights", e) from None
+    if getattr(model.config, "pad_token_id", None) is None:  # GPT-style heads find the last token
+        model.config.pad_token_id = load_tokenizer(model_cfg).pad_token_id
+    return model
 
 
 def max_positions(model_cfg) -> int:
@@ -123,8 +186,21 @@ def max_positions(model_cfg) -> int:
         return 512
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(resolve_path(model_cfg.name_or_path),
-                                     trust_remote_code=model_cfg.trust_remote_code)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
+    )
+
+    try:
+        cfg = AutoConfig.from_pretrained(_check_folder(model_cfg),
+                                         trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise _unloadable(model_cfg, "config", e) from None
+    custom = model_cfg.trust_remote_code and "AutoModelForSequenceClassification" in (
+        getattr(cfg, "auto_map", None) or {})
+    if cfg.model_type not in CLASSIFIERS and not custom:  # checked before any tokenizer
+        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} is a {cfg.model_type!r} "
+                          "model, which has no sequence-classification head in transformers "
+                          "(use a text encoder such as bert, roberta, deberta-v2, distilbert)")
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512))
 
 
