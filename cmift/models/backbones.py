@@ -185,7 +185,6 @@ def max_positions(model_cfg) -> int:
     if is_tiny(model_cfg):
         return 512
     from transformers import AutoConfig
-
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
     )
