@@ -65,10 +65,20 @@ def _job(cfg: DictConfig) -> None:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
         return
     try:
-        run_dir = claim_run_dir(base)
+        run_dir = claim_run_dir(base, exclusive=sweeping)
     except OSError as e:  # output_dir a file, read-only, or on a full disk
         _fail(f"output_dir={cfg.output_dir!r} cannot hold the run directory {base}: "
               f"{e.strerror or e}")
+    if run_dir is None:  # another sweep is training this configuration now
+        print(f"cmift: {base} is being trained by another process; skipped")
+        return
+    if run_dir == base and finished_ok(base) and not cfg.rerun:  # finished while we waited
+        release_run_dir(run_dir)
+        print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
+        return
+    from cmift.runs.preemption import Preempted, requeue, take_over_requeue
+
+    submitit_requeue = take_over_requeue()
     try:
         from cmift.training.run import run
 
@@ -77,6 +87,11 @@ def _job(cfg: DictConfig) -> None:
 
             torch.set_num_threads(threads)
         run(cfg, run_dir)
+    except Preempted:
+        print(f"cmift: preempted; a checkpoint is in {run_dir}: the job is requeued and "
+              "resumes there", file=sys.stderr)
+        release_run_dir(run_dir)
+        requeue(submitit_requeue)
     except KeyboardInterrupt as e:
         how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 2)
         _fail(f"{how}; a checkpoint and the partial run are in {run_dir}: run the command "

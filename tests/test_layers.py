@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "cmift"
 # bottom to top; a module may import any module of its own layer or a lower one
 LAYERS = [
-    {"cmift.lazy", "cmift.data.tasks"},
+    {"cmift.lazy", "cmift.faults", "cmift.data.tasks"},  # faults: the hooks every stage calls
     {"cmift.config"},
     {"cmift.data", "cmift.models", "cmift.objectives"},
     {"cmift.runs"},

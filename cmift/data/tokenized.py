@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cmift import faults
 from cmift.data.tasks import GlueTask, data_fingerprint, load_raw
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def load_tokenized(task: GlueTask, data_cfg, tokenizer):
     tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
     tokenized.save_to_disk(tmp)
     (Path(tmp) / SKIPPED_FILE).write_text(json.dumps(skipped))
+    faults.kill_point("tokenized")
     try:
         os.rename(tmp, folder)
     except OSError:  # another run saved the same key first: theirs is identical

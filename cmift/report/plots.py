@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmift.report.methods import is_baseline, task_score
+from cmift.runs.files import atomic_write
 
 
 def _save(fig, path: Path) -> list[Path]:
@@ -18,8 +19,9 @@ def _save(fig, path: Path) -> list[Path]:
     fig.tight_layout()
     for p in paths:
         # fixed metadata: the same runs give the same bytes
-        fig.savefig(p, dpi=130, metadata={"CreationDate": None} if p.suffix == ".pdf" else
-                    {"Software": None})
+        meta = {"CreationDate": None} if p.suffix == ".pdf" else {"Software": None}
+        atomic_write(p, lambda f, p=p, meta=meta: fig.savefig(f, format=p.suffix[1:], dpi=130,
+                                                               metadata=meta), binary=True)
     plt.close(fig)
     return paths
 

@@ -18,6 +18,7 @@ from cmift.report.load import load_runs
 from cmift.report.methods import add_methods, selected_on
 from cmift.report.plots import write_plots
 from cmift.report.tables import best_cells, delta_table, glue_table, to_markdown
+from cmift.runs.files import write_text
 
 HEADER = """# Results
 
@@ -70,7 +71,7 @@ def write_results(results: Path, doc: Path) -> str:
         for study in sorted(p for p in platform.iterdir() if p.is_dir()):
             sections.append(study_section(platform.name, study, figures, doc.parent))
     text = "\n".join(s for s in sections if s)
-    doc.write_text(text)
+    write_text(doc, text)
     return text
 
 

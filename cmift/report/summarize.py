@@ -12,6 +12,7 @@ from pathlib import Path
 from cmift.report.load import load_runs
 from cmift.report.methods import add_methods, selected_on
 from cmift.report.tables import best_cells, delta_table, glue_table, to_latex, to_markdown
+from cmift.runs.files import atomic_write, write_text
 
 
 def rules(epoch: str, split: str) -> dict[str, str]:
@@ -40,7 +41,9 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
     if runs.empty:
         return {"runs": 0, "files": [], "glue": None, "delta": None, "rule": ""}
     runs = add_methods(runs, tune)
-    runs.to_csv(out / "runs.csv", index=False)
+    # every table is written atomically: a kill, or a second sweep writing the same folder,
+    # never leaves a torn file
+    atomic_write(out / "runs.csv", lambda f: runs.to_csv(f, index=False))
     glue, means = glue_table(runs)
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
               "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce")}
@@ -50,14 +53,14 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
         if frame.empty:
             continue
         if "md" in formats:
-            (out / f"{name}.md").write_text(to_markdown(frame, mask) + f"\n\n{text[name]}\n")
+            write_text(out / f"{name}.md", to_markdown(frame, mask) + f"\n\n{text[name]}\n")
             files.append(out / f"{name}.md")
         if "tex" in formats:
-            (out / f"{name}.tex").write_text(to_latex(frame, f"{caption}. {text[name]}",
-                                                      f"tab:{name}", mask))
+            write_text(out / f"{name}.tex", to_latex(frame, f"{caption}. {text[name]}",
+                                                     f"tab:{name}", mask))
             files.append(out / f"{name}.tex")
         if "csv" in formats:
-            frame.to_csv(out / f"{name}.csv")
+            atomic_write(out / f"{name}.csv", lambda f, frame=frame: frame.to_csv(f))
             files.append(out / f"{name}.csv")
     if plots:
         from cmift.report.plots import write_plots

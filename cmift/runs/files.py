@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from cmift.runs import faults
+from cmift import faults
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -76,6 +76,7 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
             written = os.fstat(f.fileno()).st_size
             faults.write_fault(path.name)
             os.fsync(f.fileno())
+        faults.kill_point(path.name)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): judge by the
@@ -90,6 +91,10 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_json(path: Path, data: Any) -> None:

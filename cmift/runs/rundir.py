@@ -40,14 +40,28 @@ def _try_lock(folder: Path) -> bool:
     return False
 
 
-def claim_run_dir(base: Path) -> Path:
+def claim_run_dir(base: Path, exclusive: bool = False) -> Path | None:
     """The run directory for this process: `base`, or `base_2`, `base_3`, ... when a live process
-    holds it (the same config started twice at once), so no two runs ever share a directory."""
+    holds it (the same config started twice at once), so no two runs ever share a directory.
+    `exclusive` (sweeps): None when a live process holds `base`, so two sweeps over overlapping
+    configurations train each configuration once."""
     for n in range(1, 1000):
         folder = base if n == 1 else base.with_name(f"{base.name}_{n}")
         if _try_lock(folder):
+            drop_temp_files(folder)
             return folder
+        if exclusive:
+            return None
     raise RuntimeError(f"could not claim a run directory near {base}")
+
+
+def drop_temp_files(folder: Path) -> None:
+    """Temp files of atomic writes that a killed process left behind (`.<name>.<random>`):
+    never read, only in the way. The lock makes this process the folder's only writer."""
+    for sub in (folder, folder / "checkpoints"):
+        for path in sub.glob(".*") if sub.is_dir() else ():
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def release_run_dir(folder: Path) -> None:

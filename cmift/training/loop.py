@@ -16,11 +16,11 @@ from typing import Callable, Optional
 
 import torch
 
+from cmift import faults
 from cmift.config.spec import choice
 from cmift.data.tasks import GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.objectives import Objective
-from cmift.runs import faults
 from cmift.runs.files import STEPS_FILE
 from cmift.training import checkpoint as ckpt
 from cmift.training.device import Device, Forward, pin_batch, to_device

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cmift import faults
 from cmift.config.spec import ConfigError, method
 from cmift.config.validate import validate
 from cmift.data.tasks import TASKS, data_fingerprint, load_raw
@@ -147,6 +148,7 @@ def save_weights(model, tokenizer, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    faults.kill_point("model")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -27,6 +27,7 @@ from cmift.models.backbones import load_model
 from cmift.models.students import keep_layers
 from cmift.objectives.distill import CachedTeacher, LiveTeacher
 from cmift.runs.files import METRICS_FILE, MODEL_DIR, TEACHERS_DIR, atomic_write, read_json
+from cmift.runs.rundir import drop_temp_files
 from cmift.training.device import Forward
 from cmift.training.evaluate import predict
 
@@ -83,6 +84,7 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel student waits here for the teacher
         if not _ready(folder):
             reused = False
+            drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
             log.info("teacher %s: training (%s on %s) in %s", key, tcfg.objective.name,
                      cfg.model.name, folder)
 
