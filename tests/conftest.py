@@ -33,6 +33,9 @@ def write_fake_mrpc(root: Path, n_train: int = 200, n_dev: int = 60, seed: int =
             b = a if label else _sentence(rng, rng.randint(5, 20))
             lines.append(f"{int(label)}\t{i}\t{i + 100000}\t{a}\t{b}")
         (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    test = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
+        f"{i}\t{i}\t{i + 100000}\t{_sentence(rng, 8)}\t{_sentence(rng, 8)}" for i in range(30)]
+    (folder / "test.tsv").write_text("\n".join(test) + "\n", encoding="utf-8")
     rte = root / "RTE"
     rte.mkdir(exist_ok=True)
     for name, n in (("train", n_train), ("dev", n_dev)):

@@ -94,6 +94,8 @@ class DataConfig:
     # the tables then choose hyperparameters and epochs on it, never on the dev they report.
     selection_fraction: float = knob(0.0, between(0, 1, hi_open=True), legacy=0.0)
     selection_seed: int = knob(0, legacy=0)  # the same split for every method and run seed
+    # Predict the unlabelled GLUE test split(s) at the end (predictions_test.tsv, for cmift-submit)
+    predict_test: bool = knob(True, identity=False)
 
 
 @dataclass

@@ -37,6 +37,10 @@ class GlueTask:
     metrics: tuple[str, ...]  # reported metrics; the task score is their mean
     dev_splits: dict  # eval split name -> (TSV file stem, hub split)
     has_header: bool = True
+    # unlabelled test splits: (split, TSV file stem, hub (config, split), GLUE submission file)
+    test_splits: tuple = ()
+    test_text: Optional[tuple[Column, ...]] = None  # when the test file names them otherwise
+    test_index: str = "index"
 
     @property
     def is_regression(self) -> bool:
@@ -52,37 +56,52 @@ def _c(name: str) -> Column:
 
 
 _DEV = {"validation": ("dev", "validation")}
+
+
+def _test(config: str, submission: str) -> tuple:
+    return (("test", "test", (config, "test"), submission),)
+
+
 TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in [
         # CoLA's train and dev files have no header: source, label, original label, sentence.
         GlueTask("cola", "CoLA", "cola", ("sentence",), (Column(index=3),), Column(index=1),
-                 ("0", "1"), ("matthews_correlation",), _DEV, has_header=False),
+                 ("0", "1"), ("matthews_correlation",), _DEV, has_header=False,
+                 test_splits=_test("cola", "CoLA.tsv"), test_text=(_c("sentence"),)),
         GlueTask("sst2", "SST-2", "sst2", ("sentence",), (_c("sentence"),), _c("label"),
-                 ("0", "1"), ("accuracy",), _DEV),
+                 ("0", "1"), ("accuracy",), _DEV, test_splits=_test("sst2", "SST-2.tsv")),
         GlueTask("mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"),
                  (_c("#1 String"), _c("#2 String")), _c("Quality"), ("0", "1"),
-                 ("accuracy", "f1"), _DEV),
+                 ("accuracy", "f1"), _DEV, test_splits=_test("mrpc", "MRPC.tsv")),
         GlueTask("qqp", "QQP", "qqp", ("question1", "question2"),
                  (_c("question1"), _c("question2")), _c("is_duplicate"), ("0", "1"),
-                 ("accuracy", "f1"), _DEV),
+                 ("accuracy", "f1"), _DEV, test_splits=_test("qqp", "QQP.tsv"), test_index="id"),
         GlueTask("mnli", "MNLI", "mnli", ("premise", "hypothesis"),
                  (_c("sentence1"), _c("sentence2")), _c("gold_label"),
                  ("entailment", "neutral", "contradiction"), ("accuracy",),
                  {"validation_matched": ("dev_matched", "validation_matched"),
-                  "validation_mismatched": ("dev_mismatched", "validation_mismatched")}),
+                  "validation_mismatched": ("dev_mismatched", "validation_mismatched")},
+                 # AX, GLUE's diagnostic set, is predicted by the MNLI model
+                 test_splits=(("test_matched", "test_matched", ("mnli", "test_matched"),
+                               "MNLI-m.tsv"),
+                              ("test_mismatched", "test_mismatched",
+                               ("mnli", "test_mismatched"), "MNLI-mm.tsv"),
+                              ("ax", "../diagnostic/diagnostic", ("ax", "test"), "AX.tsv"))),
         GlueTask("qnli", "QNLI", "qnli", ("question", "sentence"),
                  (_c("question"), _c("sentence")), _c("label"),
-                 ("entailment", "not_entailment"), ("accuracy",), _DEV),
+                 ("entailment", "not_entailment"), ("accuracy",), _DEV,
+                 test_splits=_test("qnli", "QNLI.tsv")),
         GlueTask("rte", "RTE", "rte", ("sentence1", "sentence2"),
                  (_c("sentence1"), _c("sentence2")), _c("label"),
-                 ("entailment", "not_entailment"), ("accuracy",), _DEV),
+                 ("entailment", "not_entailment"), ("accuracy",), _DEV,
+                 test_splits=_test("rte", "RTE.tsv")),
         GlueTask("wnli", "WNLI", "wnli", ("sentence1", "sentence2"),
                  (_c("sentence1"), _c("sentence2")), _c("label"), ("0", "1"),
-                 ("accuracy",), _DEV),
+                 ("accuracy",), _DEV, test_splits=_test("wnli", "WNLI.tsv")),
         GlueTask("stsb", "STS-B", "stsb", ("sentence1", "sentence2"),
                  (_c("sentence1"), _c("sentence2")), _c("score"), None,
-                 ("pearson", "spearmanr"), _DEV),
+                 ("pearson", "spearmanr"), _DEV, test_splits=_test("stsb", "STS-B.tsv")),
     ]
 }
 
@@ -224,6 +243,59 @@ def load_raw(task: GlueTask, glue_dir: Optional[str], skip_bad_rows: bool = Fals
         if skipped is not None and lines:
             skipped[split] = lines
     return DatasetDict(splits)
+
+
+def load_test(task: GlueTask, glue_dir: Optional[str]):
+    """The task's unlabelled test splits that exist, as a `datasets.DatasetDict` (idx, text_a,
+    [text_b], label = -1): from `<glue_dir>/<folder>/test.tsv` (GLUE's layout: a header with an
+    `index` column), or the hub's test splits. Missing files are left out (GLUE_DIR copies
+    often lack them)."""
+    from datasets import Dataset, DatasetDict
+
+    out = {}
+    for split, stem, (config, hub_split), _ in task.test_splits:
+        if glue_dir is None:
+            from datasets import load_dataset
+
+            try:
+                d = load_dataset(HUB_DATASET, config, split=hub_split)
+            except Exception:  # offline or absent: no test predictions, as for a missing file
+                continue
+            d = d.rename_columns(dict(zip(task.hub_text, ("text_a", "text_b"))))
+            out[split] = d.select_columns(["idx", "text_a", *(["text_b"] if len(task.hub_text)
+                                                              > 1 else []), "label"])
+            continue
+        path = (Path(glue_dir).expanduser() / task.folder / f"{stem}.tsv").resolve()
+        if path.is_file():
+            out[split] = Dataset.from_dict(_read_test_tsv(task, path))
+    return DatasetDict(out)
+
+
+def _read_test_tsv(task: GlueTask, path: Path) -> dict[str, list]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, [])
+        columns = task.test_text or task.text
+        if "diagnostic" in path.name:  # AX: premise / hypothesis as sentence1 / sentence2
+            columns = (_c("sentence1"), _c("sentence2"))
+        text_idx = [_column_index(c, header, path) for c in columns]
+        index = _column_index(_c(task.test_index), header, path)
+        out: dict[str, list] = {"idx": [], "text_a": [], "label": []}
+        if len(text_idx) > 1:
+            out["text_b"] = []
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) <= max(text_idx + [index]):
+                raise DataError(f"{path}:{line}: {len(row)} columns, expected at least "
+                                f"{max(text_idx + [index]) + 1}")
+            out["idx"].append(int(row[index]))
+            for name, i in zip(("text_a", "text_b"), text_idx):
+                out[name].append(row[i])
+            out["label"].append(-1)
+    if not out["idx"]:
+        raise DataError(f"{path}: no data rows (an empty or header-only file)")
+    return out
 
 
 def _load_hub(task: GlueTask):

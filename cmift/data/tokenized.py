@@ -98,7 +98,8 @@ def tokenize_splits(raw, tokenizer, max_length: int):
             out["token_type_ids"] = enc["token_type_ids"]
         return out
 
-    text_cols = [c for c in ("text_a", "text_b") if c in raw["train"].column_names]
+    first = next(iter(raw.values()))
+    text_cols = [c for c in ("text_a", "text_b") if c in first.column_names]
     return raw.map(encode, batched=True, remove_columns=text_cols, desc="tokenizing")
 
 

@@ -52,6 +52,7 @@ class FitResult:
     forward: Forward  # the trained model behind the forward used in training
     pad_id: int
     skipped_steps: int = 0
+    decode: Optional[Callable] = None  # the last evaluation's decoder (None: the logits)
 
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
@@ -256,7 +257,7 @@ class Loop:
         """Dev metrics, and the selection split's metrics (or None); an objective that predicts
         without the head (ncmi's centroid decoding) first fits its decoder to the training set
         (timed as evaluation)."""
-        decode = self.state.objective.decoder(self.train_passes)
+        decode = self.decode = self.state.objective.decoder(self.train_passes)
         dev = evaluate(self.forward, self.task, self.dev, self.dev_collate,
                        self.t.eval_batch_size, decode)
         if not self.selection:
@@ -317,4 +318,5 @@ class Loop:
         return FitResult(evals=s.evals, last=self.last, steps=s.step,
                          epochs_done=s.step / self.per_epoch, train_seconds=s.clock.seconds,
                          train_examples=s.examples, forward=self.forward, pad_id=self.pad_id,
-                         skipped_steps=s.skipped, **s.timing)
+                         skipped_steps=s.skipped, decode=getattr(self, "decode", None),
+                         **s.timing)

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from cmift import faults
 from cmift.config.spec import ConfigError, method
 from cmift.config.validate import validate
-from cmift.data.tasks import TASKS, data_fingerprint, load_raw
-from cmift.data.tokenized import SELECTION, Split, load_tokenized
+from cmift.data.tasks import TASKS, data_fingerprint, load_raw, load_test
+from cmift.data.tokenized import SELECTION, PadCollator, Split, load_tokenized, tokenize_splits
 from cmift.dropout import DropoutContext, apply_dropout
 from cmift.models.backbones import (
     build_tiny_tokenizer,
@@ -32,10 +32,11 @@ from cmift.objectives import build as build_objective
 from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, DiskFull, write_json
 from cmift.runs.logs import setup_logging
 from cmift.runs.manifest import manifest
-from cmift.runs.predictions import write_predictions
+from cmift.runs.predictions import write_predictions, write_test_predictions
 from cmift.runs.record import RunRecord
 from cmift.training import checkpoint as ckpt
 from cmift.training.device import peak_memory_mb, pick_device
+from cmift.training.evaluate import predict
 from cmift.training.loop import fit
 from cmift.training.teacher import (
     build_student,
@@ -110,6 +111,8 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
         save_weights(model, tokenizer, run_dir / MODEL_DIR)
     ckpt.clear(run_dir)  # finished: the final weights (if kept) are what is left
     write_predictions(run_dir, task, result.last.predictions)
+    if cfg.data.predict_test:
+        predict_test(cfg, task, tokenizer, result, run_dir)
     record.finish(result, peak_memory_mb(device))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last.metrics.items())
     log.info("done in %.0fs (%.1f train ex/s): %s", result.train_seconds,
@@ -141,6 +144,24 @@ def prepare_data(cfg: DictConfig, model_cfg, task):
     dev = {name: Split.from_dataset(tokenized[name]) for name in task.dev_splits}
     selection = Split.from_dataset(tokenized[SELECTION]) if SELECTION in tokenized else None
     return tokenizer, train, dev, selection, skipped
+
+
+def predict_test(cfg, task, tokenizer, result, run_dir: Path) -> None:
+    """Predictions of the final model on the task's unlabelled test split(s), decoded as the
+    dev evaluation decodes (ncmi: by its centroids)."""
+    from datasets import DatasetDict
+
+    test = load_test(task, cfg.data.glue_dir)
+    if not test:
+        log.info("no test split found for %s: no test predictions", task.name)
+        return
+    tokenized = tokenize_splits(DatasetDict(test), tokenizer, cfg.data.max_seq_length)
+    for split in tokenized:
+        data = Split.from_dataset(tokenized[split])
+        logits = predict(result.forward, data, PadCollator(data, result.pad_id, False),
+                         cfg.train.eval_batch_size, result.decode)
+        path = write_test_predictions(run_dir, task, split, data.idx, logits)
+        log.info("test predictions: %s (%d examples)", path.name, len(data))
 
 
 def save_weights(model, tokenizer, folder: Path) -> None:
