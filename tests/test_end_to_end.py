@@ -49,6 +49,9 @@ def test_cli_run_writes_metrics_manifest_predictions(glue_dir, tmp_path):
     assert "eval step 20" in (run_dir / "run.log").read_text()
     preds = (run_dir / "predictions_validation.tsv").read_text().splitlines()
     assert preds[0].split("\t")[:3] == ["index", "label", "prediction"]
+    saved = json.loads((run_dir / "model" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "not_equivalent", "1": "equivalent"}  # not LABEL_1
+    assert saved["label2id"] == {"not_equivalent": 0, "equivalent": 1}
     steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 21)) and "ce" in steps[0]
     seconds = [s["seconds"] for s in steps]  # training time at each step: a timeline

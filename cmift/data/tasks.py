@@ -41,6 +41,12 @@ class GlueTask:
     test_splits: tuple = ()
     test_text: Optional[tuple[Column, ...]] = None  # when the test file names them otherwise
     test_index: str = "index"
+    names: Optional[tuple[str, ...]] = None  # readable class names (the hub's) for 0/1 labels
+
+    @property
+    def label_names(self) -> Optional[tuple[str, ...]]:
+        """What a saved model calls its classes (config.id2label): `equivalent`, not LABEL_1."""
+        return self.names or self.labels
 
     @property
     def is_regression(self) -> bool:
@@ -68,15 +74,19 @@ TASKS: dict[str, GlueTask] = {
         # CoLA's train and dev files have no header: source, label, original label, sentence.
         GlueTask("cola", "CoLA", "cola", ("sentence",), (Column(index=3),), Column(index=1),
                  ("0", "1"), ("matthews_correlation",), _DEV, has_header=False,
-                 test_splits=_test("cola", "CoLA.tsv"), test_text=(_c("sentence"),)),
+                 test_splits=_test("cola", "CoLA.tsv"), test_text=(_c("sentence"),),
+                 names=("unacceptable", "acceptable")),
         GlueTask("sst2", "SST-2", "sst2", ("sentence",), (_c("sentence"),), _c("label"),
-                 ("0", "1"), ("accuracy",), _DEV, test_splits=_test("sst2", "SST-2.tsv")),
+                 ("0", "1"), ("accuracy",), _DEV, test_splits=_test("sst2", "SST-2.tsv"),
+                 names=("negative", "positive")),
         GlueTask("mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"),
                  (_c("#1 String"), _c("#2 String")), _c("Quality"), ("0", "1"),
-                 ("accuracy", "f1"), _DEV, test_splits=_test("mrpc", "MRPC.tsv")),
+                 ("accuracy", "f1"), _DEV, test_splits=_test("mrpc", "MRPC.tsv"),
+                 names=("not_equivalent", "equivalent")),
         GlueTask("qqp", "QQP", "qqp", ("question1", "question2"),
                  (_c("question1"), _c("question2")), _c("is_duplicate"), ("0", "1"),
-                 ("accuracy", "f1"), _DEV, test_splits=_test("qqp", "QQP.tsv"), test_index="id"),
+                 ("accuracy", "f1"), _DEV, test_splits=_test("qqp", "QQP.tsv"), test_index="id",
+                 names=("not_duplicate", "duplicate")),
         GlueTask("mnli", "MNLI", "mnli", ("premise", "hypothesis"),
                  (_c("sentence1"), _c("sentence2")), _c("gold_label"),
                  ("entailment", "neutral", "contradiction"), ("accuracy",),
@@ -98,7 +108,8 @@ TASKS: dict[str, GlueTask] = {
                  test_splits=_test("rte", "RTE.tsv")),
         GlueTask("wnli", "WNLI", "wnli", ("sentence1", "sentence2"),
                  (_c("sentence1"), _c("sentence2")), _c("label"), ("0", "1"),
-                 ("accuracy",), _DEV, test_splits=_test("wnli", "WNLI.tsv")),
+                 ("accuracy",), _DEV, test_splits=_test("wnli", "WNLI.tsv"),
+                 names=("not_entailment", "entailment")),
         GlueTask("stsb", "STS-B", "stsb", ("sentence1", "sentence2"),
                  (_c("sentence1"), _c("sentence2")), _c("score"), None,
                  ("pearson", "spearmanr"), _DEV, test_splits=_test("stsb", "STS-B.tsv")),

@@ -108,7 +108,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
     if after_fit is not None:
         after_fit(result, train)
     if cfg.train.save_model:
-        save_weights(model, tokenizer, run_dir / MODEL_DIR)
+        save_weights(model, tokenizer, run_dir / MODEL_DIR, task)
     ckpt.clear(run_dir)  # finished: the final weights (if kept) are what is left
     write_predictions(run_dir, task, result.last.predictions)
     if cfg.data.predict_test:
@@ -164,8 +164,12 @@ def predict_test(cfg, task, tokenizer, result, run_dir: Path) -> None:
         log.info("test predictions: %s (%d examples)", path.name, len(data))
 
 
-def save_weights(model, tokenizer, folder: Path) -> None:
-    """Final weights (safetensors), config and tokenizer, loadable with from_pretrained."""
+def save_weights(model, tokenizer, folder: Path, task) -> None:
+    """Final weights (safetensors), config and tokenizer, loadable with from_pretrained; the
+    config names the task's classes, so a pipeline says `equivalent`, not `LABEL_1`."""
+    if task.label_names:
+        model.config.id2label = dict(enumerate(task.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     tmp = folder.with_name(f".{folder.name}.tmp")
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
