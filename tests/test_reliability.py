@@ -168,3 +168,12 @@ def test_planted_pickle_payloads_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a plain array"):
         read_logits(tmp_path / "train_logits.npy")
     assert not marker.exists()
+
+
+def test_written_files_get_the_users_mode(tmp_path):
+    """mkstemp's temp files are 0600; a finished file has the mode the umask gives (0644 under
+    022), so others on a shared server can read run records."""
+    mask = os.umask(0)
+    os.umask(mask)
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -59,6 +59,17 @@ def _no_space(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; a finished file gets the user's usual mode (0644 under umask 022),
+# so lab-mates on a shared server can read the records
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write through `write(file)` to a temp file in the same folder, fsync, then rename over
     `path`: a kill at any moment leaves the previous complete file, never a torn one. Running
@@ -77,6 +88,7 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
             faults.write_fault(path.name)
             os.fsync(f.fileno())
         faults.kill_point(path.name)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): judge by the
