@@ -58,24 +58,30 @@ def build_tiny_tokenizer(model_cfg, texts, cache_dir: Path, key: str):
     cache; `texts` is only called when the cache has no such tokenizer yet."""
     from transformers import BertTokenizerFast
 
-    folder = cache_dir / "tokenizers" / f"tiny-{key}-v{model_cfg.tiny.vocab_size}"
+    folder = cache_dir / "tokenizers" / f"tiny-words-{key}-v{model_cfg.tiny.vocab_size}"
     if (folder / "tokenizer.json").is_file():
         return BertTokenizerFast.from_pretrained(str(folder))
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
+    from collections import Counter
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    # A deterministic WordPiece vocabulary: every character (alone and as a continuation), then
+    # the most frequent words (ties alphabetical). The WordPiece trainer breaks ties between
+    # equally frequent merges in hash-map order, so it learned different tokens in different
+    # processes and tiny runs were not reproducible across them.
+    counts = Counter(w for text in texts() for w, _ in
+                     pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in counts for c in w})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    room = max(0, model_cfg.tiny.vocab_size - len(vocab))
+    words = [w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0])) if len(w) > 1]
+    vocab += words[:room]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts(), WordPieceTrainer(vocab_size=model_cfg.tiny.vocab_size,
-                                                    special_tokens=SPECIAL_TOKENS))
-    # The trainer learns the same tokens in every process but numbers some of them in hash-map
-    # order, which differs between processes: renumber them (specials first, then sorted), so
-    # a tiny run gives the same results on every machine.
-    learned = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
-    tok.model = models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *learned])},
-                                 unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -109,11 +109,12 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
         after_fit(result, train)
     if cfg.train.save_model:
         save_weights(model, tokenizer, run_dir / MODEL_DIR, task)
-    ckpt.clear(run_dir)  # finished: the final weights (if kept) are what is left
     write_predictions(run_dir, task, result.last.predictions)
     if cfg.data.predict_test:
         predict_test(cfg, task, tokenizer, result, run_dir)
     record.finish(result, peak_memory_mb(device))
+    # only now: a run killed before `finish` resumes from its last checkpoint, not from scratch
+    ckpt.clear(run_dir)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last.metrics.items())
     log.info("done in %.0fs (%.1f train ex/s): %s", result.train_seconds,
              record.data["train_examples_per_second"], shown)
