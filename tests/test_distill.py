@@ -169,7 +169,7 @@ def test_live_teacher_matches_cached_logits(glue_dir, tmp_path):
     live, live_steps = student("live", "live")
     assert live["teacher"]["reused"] is True and live["status"] == "ok"
     assert len(live_steps) == len(cached_steps) == 4
-    assert cached_steps[0]["kd"] > 1e-2  # the teacher is far from the student: a wrong row shows
+    assert cached_steps[0]["kd"] > 1e-3  # teacher and student differ: a wrong row shows
     for a, b in zip(cached_steps, live_steps):
         assert a["kd"] == pytest.approx(b["kd"], rel=1e-4)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
