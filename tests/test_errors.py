@@ -22,24 +22,13 @@ def assert_one_line_error(proc, expected):
     assert lines[-1].startswith("cmift: error: ") and expected in lines[-1], lines[-1]
 
 
-def _glue_with(tmp_path, train_lines):
-    folder = tmp_path / "glue" / "RTE"
-    folder.mkdir(parents=True)
-    header = "index\tsentence1\tsentence2\tlabel"
-    good = [f"{i}\tthe court said a thing .\tthe court said .\tentailment" for i in range(40)]
-    (folder / "train.tsv").write_text("\n".join([header, *good, *train_lines]) + "\n")
-    (folder / "dev.tsv").write_text("\n".join([header, *good[:10]]) + "\n")
-    return str(tmp_path / "glue")
-
-
 @pytest.mark.parametrize("bad_row, expected", [
     ("40\tonly two columns", "train.tsv:42: 2 columns, expected at least 4"),
     ("40\ta\tb\tmaybe", "train.tsv:42: label 'maybe' is not one of ['entailment', "
                         "'not_entailment']"),
 ])
 def test_bad_data_row_names_file_and_line_and_can_be_skipped(bad_row, expected, tmp_path):
-    glue = _glue_with(tmp_path, [bad_row])
-    args = ["task=rte", "model=tiny", "train.max_steps=2", f"data.glue_dir={glue}",
+    args = [*_rte(tmp_path, train=[RTE_HEADER, *GOOD_ROWS, bad_row]),
             f"output_dir={tmp_path}/out"]
     assert_one_line_error(cmift(args, tmp_path), expected)
     ok = cmift([*args, "data.skip_bad_rows=true"], tmp_path)

@@ -272,9 +272,7 @@ def load_test(task: GlueTask, glue_dir: Optional[str]):
                 d = load_dataset(HUB_DATASET, config, split=hub_split)
             except Exception:  # offline or absent: no test predictions, as for a missing file
                 continue
-            d = d.rename_columns(dict(zip(task.hub_text, ("text_a", "text_b"))))
-            out[split] = d.select_columns(["idx", "text_a", *(["text_b"] if len(task.hub_text)
-                                                              > 1 else []), "label"])
+            out[split] = _hub_columns(task, d)
             continue
         path = (Path(glue_dir).expanduser() / task.folder / f"{stem}.tsv").resolve()
         if path.is_file():
@@ -286,10 +284,8 @@ def _read_test_tsv(task: GlueTask, path: Path) -> dict[str, list]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, [])
-        columns = task.test_text or task.text
-        if "diagnostic" in path.name:  # AX: premise / hypothesis as sentence1 / sentence2
-            columns = (_c("sentence1"), _c("sentence2"))
-        text_idx = [_column_index(c, header, path) for c in columns]
+        # (AX, MNLI's diagnostic set, has MNLI's sentence1 / sentence2 columns)
+        text_idx = [_column_index(c, header, path) for c in task.test_text or task.text]
         index = _column_index(_c(task.test_index), header, path)
         out: dict[str, list] = {"idx": [], "text_a": [], "label": []}
         if len(text_idx) > 1:
@@ -318,10 +314,11 @@ def _load_hub(task: GlueTask):
         raise DataError(f"could not load {HUB_DATASET}/{task.hub_config} from the hub "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                         "set data.glue_dir or $GLUE_DIR to a local GLUE folder") from None
-    names = dict(zip(task.hub_text, ("text_a", "text_b")))
     wanted = {"train": "train", **{s: hub for s, (_, hub) in task.dev_splits.items()}}
-    out = {}
-    for split, hub_split in wanted.items():
-        d = ds[hub_split].rename_columns(names)
-        out[split] = d.select_columns(["idx", *names.values(), "label"])
-    return DatasetDict(out)
+    return DatasetDict({split: _hub_columns(task, ds[hub]) for split, hub in wanted.items()})
+
+
+def _hub_columns(task: GlueTask, split):
+    """A hub split with cmift's columns: idx, text_a, [text_b], label."""
+    names = dict(zip(task.hub_text, ("text_a", "text_b")))
+    return split.rename_columns(names).select_columns(["idx", *names.values(), "label"])

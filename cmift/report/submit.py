@@ -47,8 +47,7 @@ def choose_runs(runs: pd.DataFrame, method: str | None) -> dict[str, pd.Series]:
 def build_submission(folders: list[str], out_zip: Path, method: str | None = None) -> dict:
     """Writes the zip; returns {"files": {file: run dir}, "missing": {file: why}}."""
     runs, _ = load_runs(folders, "last")
-    runs = add_methods(runs) if not runs.empty else runs
-    chosen = choose_runs(runs, method) if not runs.empty else {}
+    chosen = choose_runs(add_methods(runs), method) if not runs.empty else {}
     files, missing = {}, {}
     for task, split, name in SUBMISSION:
         if task not in chosen:
