@@ -122,6 +122,13 @@ class TrainConfig:
     # the last K checkpoints are kept while a run is going
     keep_checkpoints: int = knob(2, POSITIVE_INT, identity=False)
     save_model: bool = knob(True, identity=False)  # final weights in <run dir>/model/
+    # Keep the weights of the best evaluation (by the selection split's task score when there
+    # is one, else dev's: the tables' `--epoch best`): model/, the dev and test predictions
+    # then come from them. It changes what a run leaves, so it names the run.
+    keep_best: bool = knob(False, legacy=False)
+    # Stop when the best evaluation (the same score) is this many evaluations old; null = off
+    early_stopping_patience: Optional[int] = knob(None, optional(POSITIVE_INT, "off"),
+                                                  legacy=None)
     nan_policy: NanPolicy = NanPolicy.fail
     # nan_policy=skip: this many skipped steps in a row stop the run (a model gone NaN)
     max_consecutive_skips: int = knob(5, POSITIVE_INT, identity=False)

@@ -67,6 +67,8 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
         row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
         chosen = m.get("final" if epoch == "last" else "best") or {}
         row.update({f"dev.{k}": v for k, v in chosen.items()})
+        # the step model/ and the predictions come from (older records: the last)
+        row["weights_step"] = m.get("weights_step", (m.get("final") or {}).get("step"))
         same = [e for e in m.get("evals", []) if e.get("step") == chosen.get("step")]
         if same and "selection" in same[-1]:
             row["selection.score"] = same[-1]["selection"]["score"]

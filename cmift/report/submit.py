@@ -3,7 +3,12 @@ runs. Per task, one run is chosen by the tables' rule (the method's tuned knobs 
 selection score, on the selection split when the runs have one, else dev), then the seed with
 the best selection score; its `predictions_<test split>.tsv` becomes `<TASK>.tsv`
 (`index<TAB>prediction`, GLUE's label strings). Tasks without a run or without test predictions
-are named, never silently left out."""
+are named, never silently left out.
+
+`--select last` (default) scores runs by their last evaluation, `--select best` by their best
+one (as `cmift-table --epoch best`); either way the predictions must come from the weights of
+that evaluation, so `--select best` takes runs trained with `train.keep_best=true` (or whose
+best evaluation was the last)."""
 
 from __future__ import annotations
 
@@ -44,14 +49,22 @@ def choose_runs(runs: pd.DataFrame, method: str | None) -> dict[str, pd.Series]:
     return chosen
 
 
-def build_submission(folders: list[str], out_zip: Path, method: str | None = None) -> dict:
+def build_submission(folders: list[str], out_zip: Path, method: str | None = None,
+                     select: str = "last") -> dict:
     """Writes the zip; returns {"files": {file: run dir}, "missing": {file: why}}."""
-    runs, _ = load_runs(folders, "last")
-    chosen = choose_runs(add_methods(runs), method) if not runs.empty else {}
+    runs, _ = load_runs(folders, select)
+    runs = add_methods(runs) if not runs.empty else runs
+    # only runs whose predictions come from the evaluation they are scored by
+    matching = runs[runs["weights_step"] == runs["dev.step"]] if not runs.empty else runs
+    chosen = choose_runs(matching, method) if not matching.empty else {}
     files, missing = {}, {}
     for task, split, name in SUBMISSION:
         if task not in chosen:
-            missing[name] = f"no finished {task} run" + (f" of {method}" if method else "")
+            ok = runs[(runs["task"] == task) & (runs["status"] == "ok")] if not runs.empty \
+                else runs
+            missing[name] = (f"no {task} run whose weights are its {select} evaluation's "
+                             "(train with train.keep_best=true)" if len(ok) and select == "best"
+                             else f"no finished {task} run" + (f" of {method}" if method else ""))
             continue
         run_dir = Path(chosen[task]["run_dir"])
         path = run_dir / f"predictions_{split}.tsv"
@@ -76,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                                  "finished runs (one run per task, chosen as the tables choose)")
     ap.add_argument("folders", nargs="*", default=["outputs"])
     ap.add_argument("--zip", default="glue_submission.zip", help="the zip to write")
+    ap.add_argument("--select", choices=["last", "best"], default="last",
+                    help="score runs by their last or their best evaluation (best needs runs "
+                    "trained with train.keep_best=true)")
     ap.add_argument("--method", default=None, help="only runs of this method (its label in the "
                     "tables, e.g. 'minilm_l6 ce'); default: the best method per task")
     args = ap.parse_args(argv)
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         print(f"cmift-submit: error: no such folder: {', '.join(bad)}", file=sys.stderr)
         sys.exit(2)
-    result = build_submission(args.folders, Path(args.zip), args.method)
+    result = build_submission(args.folders, Path(args.zip), args.method, args.select)
     for name, run_dir in result["files"].items():
         print(f"{name:12s} {run_dir}")
     for name, why in result["missing"].items():

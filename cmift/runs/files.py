@@ -19,6 +19,7 @@ CONFIG_FILE = "config.yaml"
 STEPS_FILE = "steps.jsonl"
 LOG_FILE = "run.log"
 LOCK_FILE = "run.lock"
+CKPT_DIR = "checkpoints"  # while a run is going: step-N.pt, best-weights.pt
 MODEL_DIR = "model"  # final weights, config and tokenizer (from_pretrained)
 TEACHERS_DIR = "teachers"  # <output_dir>/teachers/...: the teacher runs of distillation
 TABLES_DIR = "tables"  # <folder>/tables/: what cmift-table writes

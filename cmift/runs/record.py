@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from cmift.config.identity import config_hash, identity
 from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, DiskFull, write_json
+from cmift.training.best import best_index
 
 
 def _now() -> str:
@@ -74,10 +75,10 @@ class RunRecord:
         """Status ok, with the final and best evaluations and what the run cost."""
         last = result.evals[-1]
         # the best evaluation by the selection split when the run has one: dev is for reporting
-        best = max(result.evals, key=lambda e: e.get("selection", e["dev"])["score"])
+        best = result.evals[best_index(result.evals)]
         per_second = lambda n, s: round(n / max(s, 1e-9), 2)  # noqa: E731
         self.update(
-            status="ok",
+            status="ok", evals=result.evals,  # also when no evaluation ran since a resume
             final={"step": last["step"], "epoch": last["epoch"], **last["dev"]},
             best={"step": best["step"], "epoch": best["epoch"], **best["dev"]},
             steps=result.steps, skipped_steps=result.skipped_steps,
@@ -89,4 +90,7 @@ class RunRecord:
             train_tokens=result.train_tokens,  # padded tokens the steps processed
             eval_seconds=round(result.eval_seconds, 3),
             eval_examples_per_second=per_second(result.eval_examples, result.eval_seconds),
-            peak_memory_mb=peak_memory_mb, finished=_now(), **(extra or {}))
+            peak_memory_mb=peak_memory_mb, finished=_now(),
+            # the step whose weights model/ and the predictions come from
+            weights_step=result.kept_step if result.kept_step is not None else result.steps,
+            stopped_early=result.stopped_early, **(extra or {}))

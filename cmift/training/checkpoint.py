@@ -17,10 +17,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cmift.runs.files import atomic_write
+from cmift.runs.files import CKPT_DIR, atomic_write
 
 log = logging.getLogger(__name__)
-CKPT_DIR = "checkpoints"
 
 
 def rng_state() -> dict:

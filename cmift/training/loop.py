@@ -23,6 +23,7 @@ from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.objectives import Objective
 from cmift.runs.files import STEPS_FILE
 from cmift.training import checkpoint as ckpt
+from cmift.training.best import BestWeights, should_stop
 from cmift.training.device import Device, Forward, pin_batch, to_device
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
 from cmift.training.optim import linear_schedule, make_optimizer, plan_steps
@@ -53,6 +54,8 @@ class FitResult:
     pad_id: int
     skipped_steps: int = 0
     decode: Optional[Callable] = None  # the last evaluation's decoder (None: the logits)
+    kept_step: Optional[int] = None  # train.keep_best: the step whose weights the model holds
+    stopped_early: bool = False  # train.early_stopping_patience ended the run before its steps
 
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
@@ -91,6 +94,8 @@ class Loop:
         self.consecutive_skips = 0
         self.progress = TrainProgress(self.total)
         self.last: Optional[EvalResult] = None
+        self.best = BestWeights(run_dir, self.t.keep_best)
+        self.saved_step: Optional[int] = None  # the step of this process's last checkpoint
 
     # ----- the run ------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -100,7 +105,7 @@ class Loop:
                  len(self.train), self.total, self.per_epoch, t.batch_size, t.grad_accum, t.lr)
         try:
             with self.progress.shown(s.step):
-                while s.step < self.total:
+                while s.step < self.total and not self.stopping():
                     self.run_epoch()
         except KeyboardInterrupt:
             # Ctrl-C: save the last step boundary, so that running the command again resumes.
@@ -109,11 +114,32 @@ class Loop:
             log.warning("interrupted at step %d; checkpoint saved, run the command again to "
                         "resume", s.step)
             raise
+        if self.stopping():
+            log.info("early stopping at step %d: no better %s score in the last %d "
+                     "evaluations", s.step, self.chosen_on(), t.early_stopping_patience)
+        kept = self.keep_best() if t.keep_best else None
         if self.last is None:  # resumed after the last evaluation had been checkpointed
             self.last, _ = self.evaluate_dev()
         if s.skipped:
             log.warning("%d steps skipped for non-finite loss", s.skipped)
-        return self.result()
+        return self.result(kept)
+
+    def stopping(self) -> bool:
+        return should_stop(self.state.evals, self.t.early_stopping_patience)
+
+    def chosen_on(self) -> str:
+        return "selection-split" if self.selection else "dev"
+
+    def keep_best(self) -> int:
+        """Load the best evaluation's weights (train.keep_best); the dev predictions and
+        everything saved after training then come from them."""
+        s = self.state
+        best = self.best.restore(s.evals, s.model)
+        if best["step"] != s.evals[-1]["step"]:
+            self.last = None  # evaluated again below, with the weights now loaded
+        log.info("keeping the weights of step %d (epoch %.2f), the best %s score of %d "
+                 "evaluations", best["step"], best["epoch"], self.chosen_on(), len(s.evals))
+        return best["step"]
 
     def start(self) -> None:
         """Resume from the latest readable checkpoint, or initialise the objective's state."""
@@ -124,6 +150,7 @@ class Loop:
             return
         s = self.state
         s.restore(payload, self.device.device)
+        self.on_eval(s.evals)  # the record holds the evaluations the checkpoint had
         self.steps_log.truncate_after(s.step)
         log.info("resumed from %s: step %d, epoch %d, batch %d", payload["path"], s.step,
                  s.epoch, s.position)
@@ -141,7 +168,8 @@ class Loop:
         s.clock.stop()
         self.check_finite(self.steps_log.flush())
         s.position = 0  # the epoch is done (or so is training)
-        if s.step >= self.total or not self.t.eval_every:
+        evaluated = bool(s.evals) and s.evals[-1]["step"] == s.step  # an early stop's eval
+        if (s.step >= self.total or not self.t.eval_every) and not evaluated:
             self.run_eval()
         if s.step < self.total:
             self.checkpoint()
@@ -250,7 +278,7 @@ class Loop:
                     self.run_eval()
                 self.checkpoint()
         faults.signal_after_step(s.step)
-        return False
+        return self.stopping()
 
     # ----- evaluation, checkpoints, the objective's passes ------------------------------------
     def evaluate_dev(self) -> tuple[EvalResult, Optional[dict]]:
@@ -281,10 +309,14 @@ class Loop:
         log.info("eval step %d (epoch %.2f): %s", s.step, s.step / self.per_epoch, shown)
         if selection is not None:
             log.info("selection split: score %.4f", selection["score"])
+        self.best.after_eval(s.evals, s.model)
         self.on_eval(s.evals)
         self.progress.restart_interval()
 
     def checkpoint(self) -> None:
+        if self.saved_step == self.state.step:  # an evaluation at an epoch's last step
+            return
+        self.saved_step = self.state.step
         self.check_finite(self.steps_log.flush())
         path = ckpt.save(self.run_dir, self.state.step, self.state.payload(),
                          self.t.keep_checkpoints)
@@ -313,9 +345,10 @@ class Loop:
                                               train_mode=train_mode):
             yield outputs, labels
 
-    def result(self) -> FitResult:
+    def result(self, kept_step: Optional[int] = None) -> FitResult:
         s = self.state
-        return FitResult(evals=s.evals, last=self.last, steps=s.step,
+        return FitResult(evals=s.evals, last=self.last, steps=s.step, kept_step=kept_step,
+                         stopped_early=s.step < self.total,
                          epochs_done=s.step / self.per_epoch, train_seconds=s.clock.seconds,
                          train_examples=s.examples, forward=self.forward, pad_id=self.pad_id,
                          skipped_steps=s.skipped, decode=getattr(self, "decode", None),
