@@ -7,6 +7,7 @@ Only the config schema is imported up front: torch and transformers load inside 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 from cmift.config.identity import register_resolvers
 from cmift.config.schema import CONF_DIR, MOVED_KEYS, register_configs
 from cmift.config.spec import ConfigError
+from cmift.training.best import run_score
 
 register_configs()
 register_resolvers()
@@ -38,7 +40,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> float:
+    """One run; returns its score for Hydra's sweepers (see cmift.training.best.run_score)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -60,10 +63,10 @@ def _job(cfg: DictConfig) -> None:
         RunRecord.failed_to_start(cfg, base, list(hydra_cfg.overrides.task), str(e))
         print(f"cmift: run {base} failed: {e}", file=sys.stderr)
         record_failure(base, str(e))
-        return
+        return -math.inf
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
-        return
+        return _finished_score(base)
     try:
         run_dir = claim_run_dir(base, exclusive=sweeping)
     except OSError as e:  # output_dir a file, read-only, or on a full disk
@@ -71,11 +74,11 @@ def _job(cfg: DictConfig) -> None:
               f"{e.strerror or e}")
     if run_dir is None:  # another sweep is training this configuration now
         print(f"cmift: {base} is being trained by another process; skipped")
-        return
+        return -math.inf
     if run_dir == base and finished_ok(base) and not cfg.rerun:  # finished while we waited
         release_run_dir(run_dir)
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
-        return
+        return _finished_score(base)
     from cmift.runs.preemption import Preempted, requeue, take_over_requeue
 
     submitit_requeue = take_over_requeue()
@@ -86,7 +89,7 @@ def _job(cfg: DictConfig) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        run(cfg, run_dir)
+        return run_score(run(cfg, run_dir))
     except Preempted:
         print(f"cmift: preempted; a checkpoint is in {run_dir}: the job is requeued and "
               "resumes there", file=sys.stderr)
@@ -115,6 +118,15 @@ def _job(cfg: DictConfig) -> None:
         record_failure(run_dir, message)
     finally:
         release_run_dir(run_dir)
+    return -math.inf
+
+
+def _finished_score(run_dir: Path) -> float:
+    import json
+
+    from cmift.runs.files import METRICS_FILE
+
+    return run_score(json.loads((run_dir / METRICS_FILE).read_text()))
 
 
 WRITE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,

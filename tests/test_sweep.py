@@ -2,7 +2,9 @@
 skips finished runs, parallel and SLURM-style launchers, then the table."""
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,3 +125,31 @@ def test_parallel_students_share_one_teacher(glue_dir, tmp_path):
     assert sorted(s["teacher"]["reused"] for s in students) == [False, True]
     assert len({s["teacher"]["key"] for s in students}) == 1
     assert len(list((tmp_path / "out" / "teachers").rglob("train_logits.npy"))) == 1
+
+
+def test_a_job_returns_its_selection_score_for_sweepers():
+    from cmift.training.best import run_score
+
+    evals = [{"step": 1, "dev": {"score": 0.9}, "selection": {"score": 0.6}},
+             {"step": 2, "dev": {"score": 0.5}, "selection": {"score": 0.7}}]
+    assert run_score({"status": "ok", "evals": evals}) == 0.7  # selection, never dev
+    assert run_score({"status": "ok", "evals": [{"step": 1, "dev": {"score": 0.4}}]}) == 0.4
+    assert run_score({"status": "failed", "evals": evals}) == -math.inf  # the worst: goes on
+
+
+def test_optuna_search_maximises_the_selection_score_and_resumes(glue_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    args = ["-m", "hparams_search=mrpc_optuna", *TINY, "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.n_startup_trials=2", f"data.glue_dir={glue_dir}",
+            f"output_dir={tmp_path}/search"]
+    code, out, err = finish(cmift(*args, cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "search").rglob("metrics.json")]
+    assert len(records) == 3 and {r["objective"] for r in records} == {"min_cmi"}, out + err
+    scores = [r["evals"][-1]["selection"]["score"] for r in records if r["evals"]]
+    best = float(re.search(r"Best value: (\S+)", out + err).group(1))
+    assert best == pytest.approx(max(scores))
+    # again: the seeded sampler proposes the same trials, which are skipped with their scores
+    code, out2, err2 = finish(cmift(*args, cwd=tmp_path))
+    assert code == 0 and (out2 + err2).count("already finished ok; skipped") == 3
+    assert float(re.search(r"Best value: (\S+)", out2 + err2).group(1)) == best

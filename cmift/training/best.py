@@ -69,3 +69,14 @@ class BestWeights:
                                f"evaluation is at step {best['step']}")
         model.load_state_dict(payload["model"])
         return best
+
+
+def run_score(record: dict) -> float:
+    """What a job returns to a Hydra sweeper (Optuna maximises it): the task score of the run's
+    best evaluation on the selection split (dev when the run has none). A run that did not
+    finish returns -inf, the worst score: Hydra's Optuna sweeper stops the whole search on a
+    non-number, while a failed run is already recorded and named when the sweep ends."""
+    evals = record.get("evals") or []
+    if record.get("status") != "ok" or not evals:
+        return -math.inf
+    return score(evals[best_index(evals)])
