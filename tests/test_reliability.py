@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cmift.runs.files import write_json
+from cmift.runs.rundir import is_locked
 from cmift.training import checkpoint as ckpt
 from conftest import dev_evals
 
@@ -74,7 +75,7 @@ def test_ctrl_c_and_sigterm_checkpoint_and_the_rerun_matches(glue_dir, tmp_path,
     assert proc.returncode == code and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith(f"cmift: error: {word}; a checkpoint")
     record, run_dir = _metrics(tmp_path / "out")
-    assert record["status"] == "interrupted" and not (run_dir / "run.lock").exists()
+    assert record["status"] == "interrupted" and not is_locked(run_dir)  # released
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert kept[-1] == "step-00000023.pt"  # the step boundary where the signal came
     again = _start(args, tmp_path)
@@ -177,3 +178,24 @@ def test_written_files_get_the_users_mode(tmp_path):
     os.umask(mask)
     write_json(tmp_path / "metrics.json", {"a": 1})
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_run_dir_lock_is_an_os_lock_that_dies_with_its_process(tmp_path):
+    """filelock: a live holder keeps the directory; a SIGKILLed one frees it at once."""
+    from cmift.runs.rundir import claim_run_dir, release_run_dir
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from cmift.runs.rundir import claim_run_dir; "
+         f"claim_run_dir(Path({str(tmp_path / 'run')!r})); print('held', flush=True); "
+         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert is_locked(tmp_path / "run")
+    assert claim_run_dir(tmp_path / "run", exclusive=True) is None
+    assert claim_run_dir(tmp_path / "run") == tmp_path / "run_2"  # the same config twice
+    release_run_dir(tmp_path / "run_2")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert not is_locked(tmp_path / "run")
+    assert claim_run_dir(tmp_path / "run", exclusive=True) == tmp_path / "run"
+    release_run_dir(tmp_path / "run")

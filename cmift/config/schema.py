@@ -31,7 +31,10 @@ from cmift.config.spec import (
     optional,
 )
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+# the source tree's top-level conf/, or cmift/conf inside an installed wheel
+_PACKAGE = Path(__file__).resolve().parent.parent
+CONF_DIR = next((d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf")
+                 if (d / "config.yaml").is_file()), _PACKAGE.parent / "conf")
 
 
 class Precision(str, Enum):
@@ -44,6 +47,18 @@ class Precision(str, Enum):
 class NanPolicy(str, Enum):
     fail = "fail"  # stop the run (status failed) and keep the last good checkpoint
     skip = "skip"  # skip the batch and count it (one host sync per step)
+
+
+class LrScheduler(str, Enum):
+    """transformers.get_scheduler's schedules that need nothing beyond warmup and total steps."""
+
+    linear = "linear"  # warmup, then linear decay to 0 (HF Trainer's default, cmift's before)
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
 
 
 class TeacherLogits(str, Enum):
@@ -110,6 +125,7 @@ class TrainConfig:
     eval_batch_size: int = knob(128, POSITIVE_INT)
     lr: float = knob(2e-5, greater(0))
     warmup_ratio: float = knob(0.0, between(0, 1, hi_open=True))
+    lr_scheduler: LrScheduler = knob(LrScheduler.linear, legacy="linear")  # transformers' names
     weight_decay: float = knob(0.01, at_least(0))
     grad_accum: int = knob(1, POSITIVE_INT)
     max_grad_norm: float = knob(1.0, at_least(0))  # 0 disables clipping

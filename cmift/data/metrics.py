@@ -1,77 +1,53 @@
-"""GLUE metrics computed locally (no hub; parity with scikit-learn / scipy is tested).
-
-Names follow `evaluate.load('glue', task)`: accuracy, f1, matthews_correlation, pearson,
-spearmanr. All take NumPy arrays of predictions and references.
+"""GLUE metrics: scikit-learn and scipy, under the names `evaluate.load('glue', task)` uses
+(accuracy, f1, matthews_correlation, pearson, spearmanr). The same numbers come out of the local
+`evaluate` module in cmift/data/glue_metric/ (`evaluate.load(GLUE_METRIC, "mrpc")`, offline);
+the training loop calls these functions directly, because importing `evaluate` pulls in
+transformers' pipelines (about 2 s a run). Parity with cmift's earlier NumPy code is tested.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+GLUE_METRIC = str(Path(__file__).resolve().parent / "glue_metric")  # for evaluate.load
 
-def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean(pred == ref))
-
-
-def f1(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Binary F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
-    tp = np.sum((pred == 1) & (ref == 1))
-    fp = np.sum((pred == 1) & (ref != 1))
-    fn = np.sum((pred != 1) & (ref == 1))
-    denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom else 0.0
-
-
-def matthews_correlation(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Multiclass Matthews correlation (Gorodkin's R_K), from the confusion matrix."""
-    classes = np.union1d(pred, ref)
-    c = np.zeros((len(classes), len(classes)), dtype=np.float64)
-    np.add.at(c, (np.searchsorted(classes, ref), np.searchsorted(classes, pred)), 1)
-    t, p = c.sum(axis=1), c.sum(axis=0)
-    n, correct = c.sum(), np.trace(c)
-    cov_yp = correct * n - t @ p
-    cov_yy = n * n - t @ t
-    cov_pp = n * n - p @ p
-    denom = np.sqrt(cov_yy * cov_pp)
-    return float(cov_yp / denom) if denom > 0 else 0.0
-
-
-def pearson(pred: np.ndarray, ref: np.ndarray) -> float:
-    x = pred - pred.mean()
-    y = ref - ref.mean()
-    denom = np.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denom) if denom > 0 else 0.0
-
-
-def _average_ranks(a: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    # start index of each run of equal values, and its length
-    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
-    lengths = np.diff(np.r_[starts, len(a)])
-    avg = starts + (lengths + 1) / 2.0
-    ranks = np.empty(len(a), dtype=np.float64)
-    ranks[order] = np.repeat(avg, lengths)
-    return ranks
-
-
-def spearmanr(pred: np.ndarray, ref: np.ndarray) -> float:
-    return pearson(_average_ranks(pred), _average_ranks(ref))
-
-
-METRICS = {
-    "accuracy": accuracy,
-    "f1": f1,
-    "matthews_correlation": matthews_correlation,
-    "pearson": pearson,
-    "spearmanr": spearmanr,
+# evaluate's glue config name -> the metrics it reports (the hub module's keys)
+GLUE_CONFIGS = {
+    "cola": ("matthews_correlation",), "sst2": ("accuracy",), "mrpc": ("accuracy", "f1"),
+    "qqp": ("accuracy", "f1"), "stsb": ("pearson", "spearmanr"), "mnli": ("accuracy",),
+    "mnli_matched": ("accuracy",), "mnli_mismatched": ("accuracy",), "qnli": ("accuracy",),
+    "rte": ("accuracy",), "wnli": ("accuracy",), "ax": ("matthews_correlation",),
+    "hans": ("accuracy",),
 }
+
+
+def _metric(name: str):
+    # imported at the first evaluation: scikit-learn costs about a second to import
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    return {
+        "accuracy": lambda p, r: accuracy_score(r, p),
+        # the positive class (label 1), as GLUE reports for MRPC and QQP; 0 if never present
+        "f1": lambda p, r: f1_score(r, p, zero_division=0.0),
+        "matthews_correlation": lambda p, r: matthews_corrcoef(r, p),
+        # a constant input has no correlation: 0, as before (scipy warns and returns NaN)
+        "pearson": lambda p, r: _defined(pearsonr, p, r),
+        "spearmanr": lambda p, r: _defined(spearmanr, p, r),
+    }[name]
+
+
+def _defined(correlation, p: np.ndarray, r: np.ndarray) -> float:
+    if np.ptp(p) == 0 or np.ptp(r) == 0:
+        return 0.0
+    return correlation(p, r)[0]
 
 
 def task_metrics(names: tuple[str, ...], pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     pred, ref = np.asarray(pred), np.asarray(ref)
-    return {name: METRICS[name](pred, ref) for name in names}
+    return {name: float(_metric(name)(pred, ref)) for name in names}
 
 
 # ----- CMI diagnostics -----------------------------------------------------------------------

@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from cmift.runs.files import LOCK_FILE, METRICS_FILE, read_json
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_held: dict[Path, FileLock] = {}  # the run directories this process holds
 
 
 def _try_lock(folder: Path) -> bool:
-    """Take folder/run.lock for this process; a lock left by a dead process is taken over."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid) and pid != os.getpid():
-                return False
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+    """Take folder/run.lock for this process, without waiting. An OS file lock (filelock:
+    flock on POSIX, msvcrt on Windows): it dies with its process, so a killed run never
+    leaves a directory locked, and no process id can be mistaken for another's."""
+    if folder in _held:
         return True
-    return False
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    _held[folder] = lock
+    return True
 
 
 def claim_run_dir(base: Path, exclusive: bool = False) -> Path | None:
@@ -65,7 +52,25 @@ def drop_temp_files(folder: Path) -> None:
 
 
 def release_run_dir(folder: Path) -> None:
-    (folder / LOCK_FILE).unlink(missing_ok=True)
+    """The lock file stays (removing it would race a process about to lock it)."""
+    lock = _held.pop(folder, None)
+    if lock is not None:
+        lock.release()
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds `folder` now (this one included)."""
+    if folder in _held:
+        return True
+    if not (folder / LOCK_FILE).exists():
+        return False
+    probe = FileLock(folder / LOCK_FILE)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def finished_ok(folder: Path) -> bool:

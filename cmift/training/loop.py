@@ -26,7 +26,7 @@ from cmift.training import checkpoint as ckpt
 from cmift.training.best import BestWeights, should_stop
 from cmift.training.device import Device, Forward, pin_batch, to_device
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
-from cmift.training.optim import linear_schedule, make_optimizer, plan_steps
+from cmift.training.optim import make_optimizer, make_scheduler, plan_steps
 from cmift.training.progress import TrainProgress
 from cmift.training.state import TrainState
 from cmift.training.steplog import StepLog
@@ -85,8 +85,7 @@ class Loop:
         optimizer = make_optimizer(model, self.t, device)
         self.state = TrainState(
             model=model, objective=objective, optimizer=optimizer,
-            scheduler=linear_schedule(optimizer, int(self.t.warmup_ratio * self.total),
-                                      self.total),
+            scheduler=make_scheduler(optimizer, self.t, self.total),
             scaler=torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None,
             generator=torch.Generator().manual_seed(cfg.seed))
         self.steps_log = StepLog(run_dir / STEPS_FILE)

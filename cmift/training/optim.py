@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from cmift.config.spec import choice
 from cmift.training.device import Device
 
 
@@ -24,13 +25,13 @@ def make_optimizer(model, t, device: Device) -> torch.optim.Optimizer:
                              fused=fused)
 
 
-def linear_schedule(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+def make_scheduler(optimizer, t, total: int):
+    """transformers' schedule `t.lr_scheduler` over `total` steps, warming up for
+    `t.warmup_ratio` of them (a LambdaLR: its state is a checkpoint's `scheduler`)."""
+    from transformers import get_scheduler
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(choice(t.lr_scheduler), optimizer,
+                         num_warmup_steps=int(t.warmup_ratio * total), num_training_steps=total)
 
 
 def plan_steps(n_train: int, t) -> tuple[int, int]:

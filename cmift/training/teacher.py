@@ -9,7 +9,6 @@ reuse it. The student is a named model, or layers of the teacher backbone.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from cmift.config.identity import config_hash
@@ -80,8 +80,7 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
               cfg.model.name / f"seed={cfg.seed}-{key}")
     folder.mkdir(parents=True, exist_ok=True)
     reused = True
-    with open(folder / "teacher.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel student waits here for the teacher
+    with FileLock(folder / "teacher.lock"):  # a parallel student waits here for the teacher
         if not _ready(folder):
             reused = False
             drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
