@@ -44,3 +44,54 @@ def test_bundled_minilm_loads_offline_with_checksum():
     model = load_model(cfg, 2, False, vocab_size=0)
     assert isinstance(model, BertForSequenceClassification)
     assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+
+
+def test_another_model_path_takes_its_name_from_the_path_and_no_pinned_sha(tmp_path):
+    from cmift.config.model_source import name_from_path
+
+    cfg = compose(f"model.name_or_path={tmp_path}")
+    assert cfg.model.name == tmp_path.name and cfg.model.weights_sha256 is None
+    assert compose().model.weights_sha256.startswith("53aa")  # the bundled path keeps its pin
+    assert compose("model=bert_base", "model.name_or_path=org/some-model").model.name == \
+        "org_some-model"
+    mine = compose(f"model.name_or_path={tmp_path}", "model.name=mine", "model.weights_sha256=ab")
+    assert (mine.model.name, mine.model.weights_sha256) == ("mine", "ab")
+    run = tmp_path / "seed=1,train.lr=0.0001-8cb81dd6"
+    (run / "model").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"model": "minilm_l6", "config_hash": "8cb81dd6"}')
+    assert name_from_path(str(run / "model")) == "minilm_l6@8cb81dd6"
+
+
+def test_a_finished_runs_model_folder_trains_again_when_quoted(fake_glue, tmp_path):
+    """The issue's case: a run directory (with = and ,) passed back as model.name_or_path,
+    quoted for Hydra; the bundled model's sha256 is not inherited."""
+    import json
+    import subprocess
+    import sys
+
+    def cmift(*args):
+        return subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "train.max_steps=2",
+                               f"data.glue_dir={fake_glue}", *args], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+
+    first = cmift("model=tiny", "train.lr=1e-3", f"output_dir={tmp_path}/a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    [model_dir] = list((tmp_path / "a").rglob("model"))
+    assert "=" in str(model_dir) and "," in str(model_dir)
+    again = cmift(f"model.name_or_path='{model_dir}'", f"output_dir={tmp_path}/b")
+    assert again.returncode == 0, again.stderr[-2000:]
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "b").rglob("metrics.json")]
+    first_record = json.loads((model_dir.parent / "metrics.json").read_text())
+    assert record["model"] == f"tiny@{first_record['config_hash']}"
+
+
+def test_a_wrong_sha256_fails_before_the_data_is_tokenised(fake_glue, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "CMIFT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "model.weights_sha256=00",
+                           f"data.glue_dir={fake_glue}", f"output_dir={tmp_path}/out"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "does not match" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "cache" / "tokenized").exists()

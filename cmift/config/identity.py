@@ -114,5 +114,8 @@ def _run_name_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
+    from cmift.config import model_source
+
+    model_source.register_resolvers()
     if not OmegaConf.has_resolver("cmift_run_name"):
         OmegaConf.register_new_resolver("cmift_run_name", _run_name_resolver)

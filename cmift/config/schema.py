@@ -247,5 +247,8 @@ def load_model_config(name: str) -> DictConfig:
     if name not in model_options():
         raise ConfigError(f"distillation.student={name!r} is not allowed: null (layers of the "
                           f"teacher) or one of {model_options()}")
+    from cmift.config import model_source
+
+    model_source.register_resolvers()  # its name and sha256 are interpolations
     return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(
         CONF_DIR / "model" / f"{name}.yaml"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 from cmift.config.spec import ConfigError
@@ -28,12 +29,28 @@ def resolve_path(name_or_path: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path) -> str:
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)  # checked before the data work and again at loading: hashed once
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_before_loading(model_cfg) -> None:
+    """A pinned local model's sha256, checked first thing (before the data is tokenised); hub
+    weights are checked once downloaded, at loading."""
+    if not model_cfg.weights_sha256 or is_tiny(model_cfg):
+        return
+    folder = resolve_path(model_cfg.name_or_path)
+    if Path(folder).is_dir():
+        verify_weights(model_cfg, folder)
 
 
 def verify_weights(model_cfg, folder: str) -> None:

@@ -27,6 +27,7 @@ from cmift.models.backbones import (
     load_model,
     load_tokenizer,
     max_positions,
+    verify_before_loading,
 )
 from cmift.objectives import build as build_objective
 from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, DiskFull, write_json
@@ -78,6 +79,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     task, teacher = TASKS[cfg.task.name], None
+    verify_before_loading(cfg.model)  # a wrong file fails now, not after minutes of data work
     if method("objective", cfg.objective.name).distils:
         teacher = ensure_teacher(cfg, run)
         setup_logging(run_dir)  # the teacher stage logged into its own run directory
@@ -85,6 +87,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
                  teacher.run_dir)
         record.update(teacher=teacher.summary())
     model_cfg = student_model_config(cfg) if teacher else cfg.model
+    verify_before_loading(model_cfg)
     tokenizer, train, dev, selection, skipped = prepare_data(cfg, model_cfg, task)
     record.update(skipped_rows={split: len(lines) for split, lines in skipped.items()})
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
