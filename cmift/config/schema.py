@@ -157,6 +157,24 @@ class TrainConfig:
     adam_eps: float = knob(1e-8, greater(0))
 
 
+class LoggerName(str, Enum):
+    none = "none"  # the run directory only (it is the source of truth whatever the logger)
+    csv = "csv"  # <run dir>/logs/metrics.csv, hparams.yaml (Lightning's CSVLogger layout)
+    tensorboard = "tensorboard"  # <run dir>/tensorboard/ (torch's SummaryWriter)
+    wandb = "wandb"  # Weights & Biases (pip install -e '.[wandb]'); offline unless told
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run also reports its step losses, evaluations and config; never names a run."""
+
+    name: LoggerName = knob(LoggerName.none, identity=False)
+    project: str = knob("cmift", identity=False)  # wandb project
+    entity: Optional[str] = knob(None, identity=False)  # wandb entity (team); null = yours
+    # wandb mode: offline writes <run dir>/wandb/ for `wandb sync` later; online needs a login
+    mode: str = knob("${oc.env:WANDB_MODE,offline}", identity=False)
+
+
 @dataclass
 class ObjectiveBase:
     name: str = MISSING  # a registered objective (cmift/objectives/); its spec says what it reads
@@ -205,6 +223,7 @@ def schema() -> type:
         ("dropout", _with_namespaces("dropout", DropoutBase), field(default=MISSING)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ("logger", LoggerConfig, field(default_factory=LoggerConfig)),
         ("seed", int, field(default=42)),
         # torch intra-op threads; null = torch's default
         ("threads", Optional[int], knob(None, optional(POSITIVE_INT), identity=False)),

@@ -20,6 +20,7 @@ from cmift import faults
 from cmift.config.spec import choice
 from cmift.data.tasks import GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
+from cmift.loggers.base import Logger
 from cmift.objectives import Objective
 from cmift.runs.files import STEPS_FILE
 from cmift.training import checkpoint as ckpt
@@ -60,16 +61,16 @@ class FitResult:
 
 def fit(model, objective: Objective, task: GlueTask, train: Split, dev: dict[str, Split],
         pad_id: int, cfg, device: Device, run_dir: Path, on_eval: Callable[[list], None],
-        selection: Optional[Split] = None) -> FitResult:
+        selection: Optional[Split] = None, logger: Optional[Logger] = None) -> FitResult:
     """Train with `objective`, evaluating on `dev` (and on the `selection` split carved from
     train, when there is one); resumes from the run's latest checkpoint."""
     return Loop(model, objective, task, train, dev, pad_id, cfg, device, run_dir, on_eval,
-                selection).fit()
+                selection, logger).fit()
 
 
 class Loop:
     def __init__(self, model, objective, task, train, dev, pad_id, cfg, device, run_dir,
-                 on_eval, selection=None):
+                 on_eval, selection=None, logger=None):
         self.cfg, self.t, self.task, self.device = cfg, cfg.train, task, device
         self.train, self.dev, self.pad_id, self.run_dir = train, dev, pad_id, run_dir
         self.on_eval = on_eval
@@ -88,7 +89,8 @@ class Loop:
             scheduler=make_scheduler(optimizer, self.t, self.total),
             scaler=torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None,
             generator=torch.Generator().manual_seed(cfg.seed))
-        self.steps_log = StepLog(run_dir / STEPS_FILE)
+        self.logger = logger or Logger()
+        self.steps_log = StepLog(run_dir / STEPS_FILE, self.logger.log_steps)
         self.skip_nan = choice(self.t.nan_policy) == "skip"
         self.consecutive_skips = 0
         self.progress = TrainProgress(self.total)
@@ -143,6 +145,7 @@ class Loop:
     def start(self) -> None:
         """Resume from the latest readable checkpoint, or initialise the objective's state."""
         payload = ckpt.latest(self.run_dir)
+        self.logger.start(payload["step"] if payload else 0)
         if payload is None:
             self.steps_log.truncate_after(0)
             self.objective_passes(self.state.objective.setup)
@@ -294,6 +297,7 @@ class Loop:
 
     def run_eval(self) -> None:
         s = self.state
+        self.check_finite(self.steps_log.flush())  # loggers get the steps before the eval
         start = time.perf_counter()
         self.last, selection = self.evaluate_dev()
         s.timing["eval_seconds"] += time.perf_counter() - start
@@ -309,6 +313,7 @@ class Loop:
         if selection is not None:
             log.info("selection split: score %.4f", selection["score"])
         self.best.after_eval(s.evals, s.model)
+        self.logger.log_eval(entry)
         self.on_eval(s.evals)
         self.progress.restart_interval()
 

@@ -21,6 +21,7 @@ from cmift.config.validate import validate
 from cmift.data.tasks import TASKS, data_fingerprint, load_raw, load_test
 from cmift.data.tokenized import SELECTION, PadCollator, Split, load_tokenized, tokenize_splits
 from cmift.dropout import DropoutContext, apply_dropout
+from cmift.loggers import build as build_logger
 from cmift.models.backbones import (
     build_tiny_tokenizer,
     is_tiny,
@@ -106,8 +107,21 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
              record.data.get("student", cfg.model.name),
              sum(p.numel() for p in model.parameters()) / 1e6, cfg.objective.name, task.name,
              len(train), {k: len(v) for k, v in dev.items()})
-    result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device, run_dir,
-                 on_eval=lambda evals: record.update(evals=evals), selection=selection)
+    logger = build_logger(cfg.logger, run_dir,
+                          OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    try:
+        result = fit(model, objective, task, train, dev, tokenizer.pad_token_id, cfg, device,
+                     run_dir, on_eval=lambda evals: record.update(evals=evals),
+                     selection=selection, logger=logger)
+        _finish(cfg, task, tokenizer, model, result, train, run_dir, record, device, after_fit)
+        logger.finish(record.data)
+    finally:
+        logger.close()
+
+
+def _finish(cfg, task, tokenizer, model, result, train, run_dir: Path, record: RunRecord,
+            device, after_fit) -> None:
+    """After training: the teacher's hook, weights, predictions, then the record says ok."""
     if after_fit is not None:
         after_fit(result, train)
     if cfg.train.save_model:

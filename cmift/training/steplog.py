@@ -16,8 +16,8 @@ class StepLog:
     """Per-step loss terms, kept on the device and written as JSON lines at log intervals, so
     the hot loop never waits for the device."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, sink=None):
+        self.path, self.sink = path, sink  # sink(rows): the run's logger (logger=...)
         self.pending: list[tuple[int, int, dict, float, float]] = []
 
     def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor], lr: float,
@@ -33,17 +33,20 @@ class StepLog:
         names = list(self.pending[0][2])
         values = torch.stack([torch.stack([t[k].float() for k in names])
                               for _, _, t, _, _ in self.pending]).cpu().tolist()
+        rows = [{"step": step, "epoch": epoch, "lr": lr, "seconds": seconds,
+                 **dict(zip(names, row))}
+                for (step, epoch, _, lr, seconds), row in zip(self.pending, values)]
         try:
             with open(self.path, "a") as f:
-                for (step, epoch, _, lr, seconds), row in zip(self.pending, values):
-                    f.write(json.dumps({"step": step, "epoch": epoch, "lr": lr,
-                                        "seconds": seconds, **dict(zip(names, row))}) + "\n")
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
             raise disk_full(self.path, 0) from None
         means = dict(zip(names, np.mean(values, axis=0).tolist()))
         self.pending.clear()
+        if self.sink is not None:
+            self.sink(rows)
         return means
 
     def truncate_after(self, step: int) -> None:
