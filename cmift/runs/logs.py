@@ -8,6 +8,20 @@ from pathlib import Path
 from cmift.runs.files import LOG_FILE
 
 
+def _job_prefix() -> str:
+    """In a sweep, `[#<job number>] ` before each console line: parallel jobs (joblib, several
+    sweeps) interleave their lines. The run's own run.log needs none."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return f"[#{HydraConfig.get().job.num}] "
+    except (ImportError, ValueError):
+        pass
+    return ""
+
+
 def setup_logging(folder: Path) -> logging.Logger:
     """Console (rich) and <run dir>/run.log; replaces handlers from a previous run in-process."""
     from rich.logging import RichHandler
@@ -19,12 +33,13 @@ def setup_logging(folder: Path) -> logging.Logger:
             h.close()
     from rich.console import Console
 
+    prefix = _job_prefix()
     if Console(stderr=True).is_terminal:
         console = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
     else:  # logs piped to a file: one plain line per record, no wrapping
         console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        console.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     file = logging.FileHandler(folder / LOG_FILE)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

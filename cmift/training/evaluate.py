@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -22,12 +23,14 @@ class EvalResult:
 
 
 def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
-                limit: Optional[int] = None, inference: bool = False, train_mode: bool = False
+                limit: Optional[int] = None, inference: bool = False, train_mode: bool = False,
+                progress: Optional[Callable] = None
                 ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
     """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
     without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
     these passes never change a run's random stream. `train_mode=True` keeps dropout on (its
-    masks come from the global stream: the caller forks it).
+    masks come from the global stream: the caller forks it). `progress(advance)` hears of each
+    batch's examples (a progress bar).
 
     `inference=True` runs under torch.inference_mode (no autograd bookkeeping at all), for
     outputs that only leave as NumPy; objectives' passes keep no_grad, because their state
@@ -42,17 +45,21 @@ def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_siz
             # grad mode is per thread: hold it only around the forward, never across a yield
             with grad_off():
                 outputs = forward(batch)
+            if progress is not None:
+                progress(len(indices))
             yield outputs, batch["labels"], indices
     finally:
         model.train(was_training)
 
 
 def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
-            decode: Optional[Callable[[Outputs], torch.Tensor]] = None) -> np.ndarray:
+            decode: Optional[Callable[[Outputs], torch.Tensor]] = None,
+            progress: Optional[Callable] = None) -> np.ndarray:
     """Logits (or the class scores of `decode`) for every example of `split`, in the split's
     order (under inference mode)."""
     out = None
-    for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True):
+    for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True,
+                                           progress=progress):
         logits = (decode(outputs) if decode else outputs.logits).float()
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
@@ -61,13 +68,15 @@ def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: i
 
 
 def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collators: dict,
-             batch_size: int, decode: Optional[Callable[[Outputs], torch.Tensor]] = None
-             ) -> EvalResult:
+             batch_size: int, decode: Optional[Callable[[Outputs], torch.Tensor]] = None,
+             shown=None) -> EvalResult:
     """Task metrics, dev loss and output-space CMI diagnostics of each dev split; predictions
-    from the logits, or from the class scores of the objective's `decode`."""
+    from the logits, or from the class scores of the objective's `decode`. `shown(label,
+    total)`: a progress display per split (TrainProgress.pass_shown)."""
     result = EvalResult(metrics={})
     for name, split in splits.items():
-        logits = predict(forward, split, collators[name], batch_size, decode)
+        with shown(f"eval {name}", len(split), False) if shown else nullcontext() as advance:
+            logits = predict(forward, split, collators[name], batch_size, decode, advance)
         labels = split.labels
         sfx = split_suffix(task, name)
         if task.is_regression:

@@ -289,11 +289,11 @@ class Loop:
         (timed as evaluation)."""
         decode = self.decode = self.state.objective.decoder(self.train_passes)
         dev = evaluate(self.forward, self.task, self.dev, self.dev_collate,
-                       self.t.eval_batch_size, decode)
+                       self.t.eval_batch_size, decode, self.progress.pass_shown)
         if not self.selection:
             return dev, None
         return dev, evaluate(self.forward, self.task, self.selection, self.selection_collate,
-                             self.t.eval_batch_size, decode).metrics
+                             self.t.eval_batch_size, decode, self.progress.pass_shown).metrics
 
     def run_eval(self) -> None:
         s = self.state
@@ -344,10 +344,12 @@ class Loop:
 
     def train_passes(self, limit: Optional[int], train_mode: bool = False):
         """The objective's no-grad passes over the first `limit` training examples."""
-        for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
-                                              self.t.eval_batch_size, limit,
-                                              train_mode=train_mode):
-            yield outputs, labels
+        total = len(self.train) if limit is None else min(limit, len(self.train))
+        with self.progress.pass_shown("objective pass over train", total) as advance:
+            for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
+                                                  self.t.eval_batch_size, limit,
+                                                  train_mode=train_mode, progress=advance):
+                yield outputs, labels
 
     def result(self, kept_step: Optional[int] = None) -> FitResult:
         s = self.state

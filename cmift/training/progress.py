@@ -1,5 +1,7 @@
 """Training progress: a rich bar on a terminal, one log line per log interval otherwise, and the
-examples/s of the interval (evaluations and checkpoints excluded)."""
+examples/s of the interval (evaluations and checkpoints excluded). Passes without gradients
+(evaluation, an objective's pass over the training set) get their own bar below it, or one log
+line each when the output is not a terminal, so a run is never silent for long."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ log = logging.getLogger("cmift.training.loop")
 class TrainProgress:
     def __init__(self, total: int):
         self.total = total
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]}"),
                             TextColumn("{task.fields[eps]} ex/s"),
                             TimeRemainingColumn(), transient=True)
@@ -46,3 +49,18 @@ class TrainProgress:
 
     def advance(self, step: int) -> None:
         self.bar.update(self.task, completed=step)
+
+    @contextmanager
+    def pass_shown(self, label: str, total: int, plain_line: bool = True):
+        """A no-grad pass over `total` examples; yields advance(n_examples). Without a bar,
+        one log line (unless `plain_line` is False: evaluations log their results anyway)."""
+        if self.bar.disable or self.task is None:
+            if plain_line:
+                log.info("%s: %d examples", label, total)
+            yield lambda n: None
+            return
+        task = self.bar.add_task(label, total=total, loss="", eps="")
+        try:
+            yield lambda n: self.bar.advance(task, n)
+        finally:
+            self.bar.remove_task(task)
