@@ -109,3 +109,27 @@ def test_eval_batches_sort_by_length():
     split = Split(input_ids=[np.zeros(n) for n in (5, 1, 3)], token_type_ids=None,
                   labels=np.zeros(3), idx=np.arange(3))
     assert eval_batches(split.lengths, 2) == [[1, 2], [0]]
+
+
+def test_pad_collator_matches_transformers_data_collator_with_padding(tmp_path):
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import BertTokenizerFast, DataCollatorWithPadding
+
+    from cmift.data.tokenized import PadCollator, Split
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    pairs = [("a b c", "d"), ("a", "b c d a b"), ("c", "c")]
+    encoded = [tokenizer(x, y) for x, y in pairs]
+    data = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
+                              "token_type_ids": [e["token_type_ids"] for e in encoded],
+                              "label": [1, 0, 1], "idx": [0, 1, 2]})
+    ours = PadCollator(Split.from_dataset(data), tokenizer.pad_token_id, False)([0, 1, 2])
+    theirs = DataCollatorWithPadding(tokenizer, return_tensors="pt")(
+        [{**e, "labels": label} for e, label in zip(encoded, [1, 0, 1])])
+    for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert np.array_equal(ours["index"].numpy(), [0, 1, 2])

@@ -165,7 +165,10 @@ class Split:
 
 
 class PadCollator:
-    """Dynamic padding: each batch is padded to its own longest sequence."""
+    """Dynamic padding: each batch is padded to its own longest sequence. The same tensors as
+    transformers' DataCollatorWithPadding (tested), which is not used because it pads through
+    the tokenizer, example by example from Python lists; this pads NumPy arrays held once per
+    split, by index, and needs no tokenizer in the training loop."""
 
     def __init__(self, split: Split, pad_id: int, regression: bool):
         self.split = split
@@ -206,7 +209,11 @@ def train_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generat
     each megabatch is sorted by length, cut into batches, and the batches are shuffled again:
     batches hold examples of similar length, so dynamic padding pads little, while which
     examples meet in a batch and the batch order stay random. Without it, this is exactly
-    `randperm` cut into consecutive batches."""
+    `randperm` cut into consecutive batches.
+
+    Not transformers' LengthGroupedSampler: that draws from the global RNG (so a resumed run
+    could not redraw an epoch's order without replaying every random call before it), while this
+    takes the run's own generator, whose state a checkpoint stores before each epoch's shuffle."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
     if not group_by_length:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
