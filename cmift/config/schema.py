@@ -176,6 +176,13 @@ class LoggerConfig:
 
 
 @dataclass
+class TuningBase:
+    # which weights train: full (every weight, what every run did before the group) | prefix |
+    # prompt (peft, on a frozen encoder). cmift/tuning/.
+    name: str = knob("full", legacy="full")
+
+
+@dataclass
 class ObjectiveBase:
     name: str = MISSING  # a registered objective (cmift/objectives/); its spec says what it reads
 
@@ -221,6 +228,7 @@ def schema() -> type:
         ("distillation", _with_namespaces("distillation", DistillationBase),
          field(default=MISSING)),
         ("dropout", _with_namespaces("dropout", DropoutBase), field(default=MISSING)),
+        ("tuning", _with_namespaces("tuning", TuningBase), field(default=MISSING)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("logger", LoggerConfig, field(default_factory=LoggerConfig)),
@@ -236,7 +244,7 @@ def schema() -> type:
 def __getattr__(name: str):
     if name == "Config":
         return schema()
-    if name in ("ObjectiveConfig", "DistillationConfig", "DropoutConfig"):
+    if name in ("ObjectiveConfig", "DistillationConfig", "DropoutConfig", "TuningConfig"):
         return next(f.type for f in fields(schema()) if f.type.__name__ == name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -60,6 +60,8 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
                "distillation": m.get("distillation"), "student": m.get("student"),
                # runs from before the dropout group had the checkpoint's own rates
                "dropout": m.get("dropout") or "standard",
+               "tuning": m.get("tuning") or "full",  # runs from before the tuning group
+               "trainable_parameters": m.get("trainable_parameters"),
                "seed": m.get("seed"), "train_seconds": m.get("train_seconds"),
                "eval_seconds": m.get("eval_seconds"),
                "train_examples_per_second": m.get("train_examples_per_second")}

@@ -54,12 +54,15 @@ def _label(first) -> str:
         label += " without dropout"
     elif first["dropout"] != "standard":
         label += f" +{first['dropout']} dropout"
+    if first["tuning"] != "full":
+        label += f" +{first['tuning']} tuning"
     return label
 
 
 def is_baseline(runs: pd.DataFrame) -> pd.Series:
     """The rows of the baseline every method is compared with: ce with standard dropout."""
-    return (runs["objective"] == "ce") & (runs["dropout"] == "standard")
+    return ((runs["objective"] == "ce") & (runs["dropout"] == "standard")
+            & (runs.get("tuning", "full") == "full"))
 
 
 def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -72,9 +75,10 @@ def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
         runs[col] = runs[col].fillna("")
     runs["dropout"] = runs.get("dropout", pd.Series("standard", index=runs.index)).fillna(
         "standard")
+    runs["tuning"] = runs.get("tuning", pd.Series("full", index=runs.index)).fillna("full")
     runs["method"], runs["setting"] = "", ""
-    for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout"],
-                                 dropna=False, sort=False):
+    for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout",
+                                  "tuning"], dropna=False, sort=False):
         first = group.iloc[0]
         tuned = hparam_keys(first["objective"], first["distillation"]) + list(tune)
         short = short_names(tuned)

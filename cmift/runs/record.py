@@ -54,6 +54,7 @@ class RunRecord:
         return {"schema_version": SCHEMA_VERSION, "task": cfg.task.name,
                 "model": cfg.model.name, "objective": cfg.objective.name,
                 "distillation": cfg.distillation.name, "dropout": cfg.dropout.name,
+                "tuning": cfg.tuning.name,
                 "seed": cfg.seed,
                 "overrides": overrides, "run_dir": str(folder)}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmift.runs.files import CKPT_DIR, atomic_write
+from cmift.tuning import load_trained_state, trained_state
 
 # torch is imported where the weights are handled: run records and tables read this module
 BEST_FILE = "best-weights.pt"
@@ -55,7 +56,7 @@ class BestWeights:
         if not self.enabled or best_index(evals) != len(evals) - 1:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"step": evals[-1]["step"], "model": model.state_dict()}
+        payload = {"step": evals[-1]["step"], "model": trained_state(model)}
         atomic_write(self.path, lambda f: torch.save(payload, f), binary=True)
 
     def restore(self, evals: list[dict], model) -> dict:
@@ -67,7 +68,7 @@ class BestWeights:
         if payload["step"] != best["step"]:  # a file from a different history: never guess
             raise RuntimeError(f"{self.path} holds step {payload['step']}, but the best "
                                f"evaluation is at step {best['step']}")
-        model.load_state_dict(payload["model"])
+        load_trained_state(model, payload["model"])
         return best
 
 

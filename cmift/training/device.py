@@ -55,8 +55,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def model_kwargs(model) -> tuple[str, ...]:
-    """The inputs this model's forward accepts (DistilBERT has no token_type_ids)."""
-    params = inspect.signature(model.forward).parameters
+    """The inputs this model's forward accepts (DistilBERT has no token_type_ids); a peft
+    model passes them on to its base model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return tuple(k for k in MODEL_INPUTS if k in params)
 
 

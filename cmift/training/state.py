@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from cmift.training import checkpoint as ckpt
+from cmift.tuning import load_trained_state, trained_state
 
 
 class Stopwatch:
@@ -77,7 +78,7 @@ class TrainState:
 
     def payload(self) -> dict:
         """What a checkpoint holds: plain types and tensors (loads with weights_only=True)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": trained_state(self.model), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "objective": self.objective.state_dict(), "rng": self.boundary_rng,
@@ -90,7 +91,7 @@ class TrainState:
 
     def restore(self, payload: dict, device) -> None:
         """Continue from a checkpoint's payload: weights, optimiser, data position, RNGs."""
-        self.model.load_state_dict(payload["model"])
+        load_trained_state(self.model, payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.scaler and payload["scaler"]:

@@ -52,13 +52,14 @@ class Teacher:
 
 def teacher_config(cfg: DictConfig) -> DictConfig:
     """The config the teacher trains with: the run's backbone, task, seed, data and recipe, and
-    the objective its spec names as teacher; no distillation, standard dropout."""
+    the objective its spec names as teacher; no distillation, standard dropout, full tuning."""
     values = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     values.pop("hydra", None)
     values["objective"]["name"] = method("objective", cfg.objective.name).teacher
     values["distillation"] = {"name": "none"}
     # The dropout method is the student's: every student of a sweep shares one teacher.
     values["dropout"] = {"name": "standard"}
+    values["tuning"] = {"name": "full"}  # likewise the tuning method
     values["train"]["save_model"] = True  # a live-logits student loads the teacher's weights
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
