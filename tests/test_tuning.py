@@ -126,3 +126,9 @@ def test_a_prefix_run_resumes_exactly_from_checkpoints_of_trained_tensors(fake_g
     assert dev_evals(resumed) == dev_evals(clean)
     assert resumed["trainable_parameters"] == 20 * LAYERS * 2 * HIDDEN + HEAD
     assert np.isfinite(resumed["final"]["loss"])
+    # the tables name the method and show its trainable parameters
+    from cmift.cli import table_main
+
+    table_main([str(tmp_path / "clean"), "--no-plots"])
+    glue = (tmp_path / "clean" / "tables" / "glue.md").read_text()
+    assert "tiny ce +prefix tuning" in glue and "| trainable" in glue and "5.2k" in glue

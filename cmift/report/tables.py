@@ -41,6 +41,15 @@ def _task_cell(cell_runs: pd.DataFrame, setting: str, task: str) -> tuple[str, f
     return text + _not_ok(cell_runs), float(task_score(sel).mean())
 
 
+def _count(group: pd.DataFrame) -> str:
+    """A method's trainable parameters (the largest over its tasks: heads differ), e.g. 5.3k."""
+    n = pd.to_numeric(group.get("trainable_parameters"), errors="coerce").max()
+    if not n or math.isnan(n):
+        return "all" if (group["tuning"] == "full").all() else "—"
+    return next(f"{n / d:.1f}{u}" for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""))
+                if n >= d or d == 1)
+
+
 def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display table of strings, numeric table of mean task scores x100), one row per method."""
     tasks = [t for t in TASKS if t in set(runs["task"].dropna())]
@@ -62,6 +71,9 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         disp["avg"] = "—" if not done else f"{num['avg']:.1f}" + (
             "" if len(done) == len(scores) else "*")
         display[method], numeric[method] = disp, num
+    if "tuning" in runs and (runs["tuning"] != "full").any():  # parameter-efficient rows
+        for method, group in runs.groupby("method", sort=True):
+            display[method]["trainable"] = _count(group)
     headers = {t: f"{t.upper()} ({'/'.join(official_metrics(t))})" for t in tasks}
     frame = pd.DataFrame.from_dict(display, orient="index").rename(columns=headers)
     means = pd.DataFrame.from_dict(numeric, orient="index").rename(columns=headers)
