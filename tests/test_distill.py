@@ -13,7 +13,7 @@ from cmift.models.backbones import load_model
 from cmift.models.students import keep_layers
 from cmift.objectives.distill import kd_terms, ttm_terms, wttm_terms, wttm_weights
 from cmift.training.run import run
-from conftest import compose
+from conftest import compose, dev_evals
 
 RNG = np.random.default_rng(7)
 Z = RNG.normal(0, 2, (6, 3))  # student logits
@@ -175,3 +175,45 @@ def test_live_teacher_matches_cached_logits(glue_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     # a speed knob: the run's identity (and directory hash) does not change
     assert live["config_hash"] == cached["config_hash"]
+
+
+def test_a_finished_ce_run_with_the_teachers_settings_is_the_kd_teacher(fake_glue, tmp_path):
+    """No configuration trained twice in one tree: kd after ce (same settings) computes only
+    the ce run's logits, and its student ends exactly as one whose teacher trained itself."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["task=mrpc", "model=tiny", "train.max_steps=6", "data.max_train_samples=96",
+              "data.max_eval_samples=32", "train.lr=1e-3", f"data.glue_dir={fake_glue}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def cmift(out, *args):
+        proc = subprocess.run([sys.executable, "-m", "cmift", *common, *args,
+                               f"output_dir={out}"], env=env, capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    def record(root, objective):
+        [path] = list((root / "mrpc" / objective).rglob("metrics.json"))
+        return json.loads(path.read_text()), path.parent
+
+    cmift(tmp_path / "tree", "objective=ce", "train.lr=5e-4")  # other settings: not a teacher
+    cmift(tmp_path / "tree", "objective=ce", "train.eval_every=2")  # eval settings differ: fine
+    ce_runs = [p.parent for p in (tmp_path / "tree" / "mrpc" / "ce").rglob("metrics.json")]
+    [standalone] = [d for d in ce_runs if "eval_every" in d.name]
+    cmift(tmp_path / "tree", "objective=kd")
+    student, _ = record(tmp_path / "tree", "kd")
+    assert student["teacher"]["run_dir"] == str(standalone)
+    teacher_dirs = list((tmp_path / "tree" / "teachers").rglob("train_logits.npy"))
+    assert len(teacher_dirs) == 1
+    assert not (teacher_dirs[0].parent / "metrics.json").exists()  # nothing trained there
+    # the same student in a tree without the ce run: its teacher trains under teachers/
+    cmift(tmp_path / "fresh", "objective=kd")
+    alone, _ = record(tmp_path / "fresh", "kd")
+    assert alone["teacher"]["run_dir"] != student["teacher"]["run_dir"]
+    assert dev_evals(alone) == dev_evals(student)
+    assert np.array_equal(
+        np.load(teacher_dirs[0]),
+        np.load(next((tmp_path / "fresh" / "teachers").rglob("train_logits.npy"))))

@@ -2,9 +2,12 @@
 
 A teacher is trained once per teacher identity (the run's backbone, task, seed, data
 fingerprint, recipe and its own objective's knobs; not the evaluation settings, which cannot
-change it) under <output_dir>/teachers/, with its training-set logits cached. Parallel students
-that need the same teacher serialise on a file lock: the first trains it, the others wait and
-reuse it. The student is a named model, or layers of the teacher backbone.
+change it) under <output_dir>/teachers/, with its training-set logits cached. A finished
+standalone run of exactly those settings in the same output tree (a `ce` run for `kd`, a
+`max_cmi` run for `max_cmi_kd`) is the teacher instead: only its logits are computed, once.
+Parallel students that need the same teacher serialise on a file lock: the first trains (or
+finds) it, the others wait and reuse it. The student is a named model, or layers of the
+teacher backbone.
 """
 
 from __future__ import annotations
@@ -26,13 +29,22 @@ from cmift.data.tokenized import PadCollator, Split, tokenizer_fingerprint
 from cmift.models.backbones import load_model
 from cmift.models.students import keep_layers
 from cmift.objectives.distill import CachedTeacher, LiveTeacher
-from cmift.runs.files import METRICS_FILE, MODEL_DIR, TEACHERS_DIR, atomic_write, read_json
+from cmift.runs.files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    TEACHERS_DIR,
+    atomic_write,
+    read_json,
+    write_json,
+)
 from cmift.runs.rundir import drop_temp_files
 from cmift.training.device import Forward
 from cmift.training.evaluate import predict
 
 log = logging.getLogger("cmift")
 LOGITS_FILE = "train_logits.npy"
+SOURCE_FILE = "source.json"  # a teacher that is a finished standalone run: where it lives
 
 
 @dataclass
@@ -64,12 +76,65 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
-def _ready(folder: Path) -> bool:
+def _finished(run_dir: Path) -> bool:
     try:
-        ok = read_json(folder / METRICS_FILE).get("status") == "ok"
+        ok = read_json(run_dir / METRICS_FILE).get("status") == "ok"
     except (OSError, ValueError):
         return False
-    return ok and (folder / LOGITS_FILE).is_file() and (folder / MODEL_DIR).is_dir()
+    return ok and (run_dir / MODEL_DIR).is_dir()
+
+
+def _trained_in(folder: Path) -> Path | None:
+    """Where the teacher stored in `folder` was trained: the folder itself, or the finished
+    standalone run it reuses (source.json); None when there is no finished teacher yet."""
+    if not (folder / LOGITS_FILE).is_file():
+        return None
+    try:
+        source = Path(read_json(folder / SOURCE_FILE)["run_dir"])
+    except (OSError, ValueError, KeyError):
+        source = folder
+    return source if _finished(source) else None
+
+
+def finished_standalone_run(tcfg: DictConfig, key: str) -> Path | None:
+    """A finished run of the teacher's exact settings trained on its own (a `ce` run for `kd`,
+    a `max_cmi` run for `max_cmi_kd`) in the same output tree, with its weights kept: it is
+    the teacher, so no configuration is trained twice in one tree."""
+    from cmift.config.schema import schema as root
+
+    runs = Path(tcfg.output_dir) / tcfg.task.name / tcfg.objective.name / tcfg.model.name
+    for metrics in sorted(runs.glob(f"*/{METRICS_FILE}")):
+        run_dir = metrics.parent
+        if not _finished(run_dir) or not (run_dir / CONFIG_FILE).is_file():
+            continue
+        try:
+            settings = OmegaConf.merge(OmegaConf.structured(root()),
+                                       OmegaConf.load(run_dir / CONFIG_FILE))
+        except Exception:  # noqa: BLE001 (a record from an incompatible version: not a match)
+            continue
+        if config_hash(settings, purpose="teacher") == key:
+            return run_dir
+    return None
+
+
+def _reuse(tcfg: DictConfig, source: Path, folder: Path) -> None:
+    """The logit cache of a reused standalone run: one pass of its final weights over the
+    training set, tokenised as its own run did."""
+    from transformers import AutoModelForSequenceClassification
+
+    from cmift.data.tasks import TASKS
+    from cmift.training.device import pick_device
+    from cmift.training.run import prepare_data
+
+    tokenizer, train, *_ = prepare_data(tcfg, tcfg.model, TASKS[tcfg.task.name])
+    device = pick_device(tcfg.train.precision)
+    model = AutoModelForSequenceClassification.from_pretrained(str(source / MODEL_DIR))
+    model.to(device.device).eval()
+    logits = predict(Forward(model, device, features=False), train,
+                     PadCollator(train, tokenizer.pad_token_id, regression=False),
+                     tcfg.train.eval_batch_size)
+    atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
+    write_json(folder / SOURCE_FILE, {"run_dir": str(source)})  # after the logits: complete
 
 
 def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
@@ -82,7 +147,12 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
     folder.mkdir(parents=True, exist_ok=True)
     reused = True
     with FileLock(folder / "teacher.lock"):  # a parallel student waits here for the teacher
-        if not _ready(folder):
+        if _trained_in(folder) is None and (source := finished_standalone_run(tcfg, key)):
+            drop_temp_files(folder)
+            log.info("teacher %s: the finished %s run %s (its logits computed once)", key,
+                     tcfg.objective.name, source)
+            _reuse(tcfg, source, folder)
+        if _trained_in(folder) is None:
             reused = False
             drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
             log.info("teacher %s: training (%s on %s) in %s", key, tcfg.objective.name,
@@ -94,8 +164,9 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
                 atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
 
             run(tcfg, folder, overrides=[], after_fit=store_logits)
-    return Teacher(key, folder, read_logits(folder / LOGITS_FILE),
-                   read_json(folder / METRICS_FILE), reused)
+        trained_in = _trained_in(folder)
+    return Teacher(key, trained_in, read_logits(folder / LOGITS_FILE),
+                   read_json(trained_in / METRICS_FILE), reused)
 
 
 def read_logits(path: Path) -> np.ndarray:
