@@ -56,7 +56,8 @@ MEASUREMENTS = [
 
 
 def cmift_command(args, overrides: list[str], out: Path) -> list[str]:
-    return [sys.executable, "-m", "cmift", "task=mrpc", "model=minilm_l6",
+    # recipe=run_glue: the peer's lr (2e-5); cmift's MiniLM default is the tuned 1e-4
+    return [sys.executable, "-m", "cmift", "task=mrpc", "model=minilm_l6", "recipe=run_glue",
             f"data.glue_dir={args.glue_dir}", f"data.max_train_samples={args.samples}",
             "train.epochs=1", "train.save_model=false", f"train.batch_size={args.batch_size}",
             f"output_dir={out}", "rerun=true", *overrides]

@@ -17,7 +17,18 @@ def test_every_task_and_model_composes(task, model):
     cfg = compose(f"task={task}", f"model={model}")
     validate(cfg)
     assert cfg.task.name == task and cfg.model.name == model
-    assert cfg.train.batch_size == 32 and cfg.train.lr == 2e-5 and cfg.data.max_seq_length == 128
+    assert cfg.train.batch_size == 32 and cfg.data.max_seq_length == 128
+    # each model's recipe (conf/recipe/): MiniLM's tuned one, run_glue's for the others
+    tuned = (1e-4, 5) if model == "minilm_l6" else (2e-5, 3)
+    assert (cfg.train.lr, cfg.train.epochs) == tuned
+
+
+def test_recipes_follow_the_model_and_yield_to_the_command_line():
+    assert (compose("recipe=run_glue").train.lr, compose("recipe=run_glue").train.epochs) == \
+        (2e-5, 3)
+    assert compose("train.lr=3e-5").train.lr == 3e-5  # the command line wins
+    assert compose("experiment=ncmi_vs_ce").train.lr == 2e-5  # the recipe it ran with
+    assert compose("model=bert_base").train.epochs == 3
 
 
 def test_task_configs_match_the_registry():

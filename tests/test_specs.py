@@ -177,7 +177,7 @@ def test_teacher_key_ignores_evaluation_settings(fake_glue):
     base = key()
     assert key("train.eval_every=10", "data.max_eval_samples=50") == base
     assert key("distillation.kd.temperature=8", "distillation=ttm") == base  # student knobs
-    assert key("objective.cmi.lam=0.3") != base and key("train.lr=1e-4") != base
+    assert key("objective.cmi.lam=0.3") != base and key("train.lr=3e-5") != base
     assert key("data.max_train_samples=100") != base
 
 
