@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from cmift.config.identity import register_resolvers
 from cmift.config.schema import CONF_DIR, MOVED_KEYS, register_configs
 from cmift.config.spec import ConfigError
-from cmift.training.best import run_score
+from cmift.runs.scores import run_score
 
 register_configs()
 register_resolvers()
@@ -41,7 +41,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _job(cfg: DictConfig) -> float:
-    """One run; returns its score for Hydra's sweepers (see cmift.training.best.run_score)."""
+    """One run; returns its score for Hydra's sweepers (see cmift.runs.scores.run_score)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from cmift.report.submit import build_submission
-from cmift.training.best import best_index, should_stop
+from cmift.runs.scores import best_index, should_stop
 
 # CI's generated MRPC: the tiny model predicts one class, so every evaluation ties and the
 # first is the best: best (step 2) and last (step 12) differ, which is what these tests need.

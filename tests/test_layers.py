@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cmift"
 LAYERS = [
     {"cmift.lazy", "cmift.faults", "cmift.data.tasks"},  # faults: the hooks every stage calls
     {"cmift.config"},
-    {"cmift.data", "cmift.models", "cmift.objectives"},
-    {"cmift.runs"},
+    {"cmift.data", "cmift.models", "cmift.objectives", "cmift.tuning"},
+    {"cmift.runs", "cmift.loggers"},
     {"cmift.training", "cmift.dropout"},  # dropout: the Fisher is a pass over training data
     {"cmift.report"},
     {"cmift.cli", "cmift.__main__"},

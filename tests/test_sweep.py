@@ -128,7 +128,7 @@ def test_parallel_students_share_one_teacher(glue_dir, tmp_path):
 
 
 def test_a_job_returns_its_selection_score_for_sweepers():
-    from cmift.training.best import run_score
+    from cmift.runs.scores import run_score
 
     evals = [{"step": 1, "dev": {"score": 0.9}, "selection": {"score": 0.6}},
              {"step": 2, "dev": {"score": 0.5}, "selection": {"score": 0.7}}]

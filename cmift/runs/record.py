@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from cmift.config.identity import config_hash, identity
 from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, DiskFull, write_json
-from cmift.training.best import best_index
+from cmift.runs.scores import best_index
 
 
 def _now() -> str:

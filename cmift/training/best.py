@@ -10,37 +10,13 @@ beside the checkpoints, cleared with them when the run finishes.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Optional
 
 from cmift.runs.files import CKPT_DIR, atomic_write
+from cmift.runs.scores import best_index
 from cmift.tuning import load_trained_state, trained_state
 
-# torch is imported where the weights are handled: run records and tables read this module
 BEST_FILE = "best-weights.pt"
-
-
-def score(entry: dict) -> float:
-    """An evaluation's score for choosing: selection split when there is one, else dev; NaN
-    (a degenerate metric) never counts as best."""
-    value = entry.get("selection", entry["dev"])["score"]
-    return -math.inf if value is None or math.isnan(value) else value
-
-
-def best_index(evals: list[dict]) -> int:
-    """The position of the best evaluation (the first of equal ones)."""
-    scores = [score(e) for e in evals]
-    return scores.index(max(scores))
-
-
-def evaluations_since_best(evals: list[dict]) -> int:
-    return len(evals) - 1 - best_index(evals) if evals else 0
-
-
-def should_stop(evals: list[dict], patience: Optional[int]) -> bool:
-    """Early stopping: the best evaluation is `patience` evaluations old."""
-    return bool(patience) and evaluations_since_best(evals) >= patience
 
 
 class BestWeights:
@@ -70,14 +46,3 @@ class BestWeights:
                                f"evaluation is at step {best['step']}")
         load_trained_state(model, payload["model"])
         return best
-
-
-def run_score(record: dict) -> float:
-    """What a job returns to a Hydra sweeper (Optuna maximises it): the task score of the run's
-    best evaluation on the selection split (dev when the run has none). A run that did not
-    finish returns -inf, the worst score: Hydra's Optuna sweeper stops the whole search on a
-    non-number, while a failed run is already recorded and named when the sweep ends."""
-    evals = record.get("evals") or []
-    if record.get("status") != "ok" or not evals:
-        return -math.inf
-    return score(evals[best_index(evals)])
