@@ -217,3 +217,38 @@ def test_a_finished_ce_run_with_the_teachers_settings_is_the_kd_teacher(fake_glu
     assert np.array_equal(
         np.load(teacher_dirs[0]),
         np.load(next((tmp_path / "fresh" / "teachers").rglob("train_logits.npy"))))
+
+
+def test_a_ce_run_after_its_kd_teacher_adopts_the_teachers_records(fake_glue, tmp_path):
+    """The other direction: the kd student's teacher already computed `ce` with exactly these
+    settings, so the ce run adopts its records instead of training it again."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["task=mrpc", "model=tiny", "train.max_steps=6", "data.max_train_samples=96",
+              "data.max_eval_samples=32", "train.lr=1e-3", f"data.glue_dir={fake_glue}",
+              f"output_dir={tmp_path}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def cmift(*args):
+        proc = subprocess.run([sys.executable, "-m", "cmift", *common, *args], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    cmift("objective=kd")
+    [teacher] = [p.parent for p in (tmp_path / "teachers").rglob("metrics.json")]
+    proc = cmift("objective=ce")
+    assert "nothing trained" in proc.stderr
+    [path] = list((tmp_path / "mrpc" / "ce").rglob("metrics.json"))
+    record = json.loads(path.read_text())
+    source = json.loads((teacher / "metrics.json").read_text())
+    assert record["adopted_from"] == str(teacher) and record["status"] == "ok"
+    assert record["run_dir"] == str(path.parent) and dev_evals(record) == dev_evals(source)
+    assert (path.parent / "model" / "model.safetensors").is_file()
+    assert (path.parent / "steps.jsonl").read_text() == (teacher / "steps.jsonl").read_text()
+    # other settings: trained as usual
+    cmift("objective=ce", "train.lr=5e-4")
+    records = [json.loads(p.read_text()) for p in (tmp_path / "mrpc" / "ce").rglob("metrics.json")]
+    assert sorted("adopted_from" in r for r in records) == [False, True]

@@ -41,8 +41,10 @@ from cmift.training.device import peak_memory_mb, pick_device
 from cmift.training.evaluate import predict
 from cmift.training.loop import fit
 from cmift.training.teacher import (
+    adopt_teacher_run,
     build_student,
     ensure_teacher,
+    finished_teacher_run,
     student_model_config,
     teacher_source,
 )
@@ -58,6 +60,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     uses it to store training-set logits)."""
     validate(cfg)
     setup_logging(run_dir)
+    if after_fit is None and (teacher := finished_teacher_run(cfg)) is not None:
+        return adopt_teacher_run(teacher, run_dir, _overrides() if overrides is None
+                                 else overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.train.precision)

@@ -13,6 +13,7 @@ teacher backbone.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -211,3 +212,54 @@ def teacher_source(cfg, teacher: Teacher, tokenizer, train: Split, device):
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     model.to(device.device).eval()
     return LiveTeacher(Forward(model, device, features=False))
+
+
+def finished_teacher_run(cfg: DictConfig) -> Path | None:
+    """A teacher trained under <output_dir>/teachers/ with exactly this run's settings (the
+    run identity, evaluation settings included): a `ce` run after its `kd` students needs no
+    training of its own."""
+    method_spec = method("objective", cfg.objective.name)
+    if not method_spec.can_teach or cfg.dropout.name != "standard" or cfg.tuning.name != "full":
+        return None
+    key = config_hash(cfg)
+    teachers = (Path(cfg.output_dir) / TEACHERS_DIR / cfg.task.name / cfg.objective.name /
+                cfg.model.name)
+    for metrics in sorted(teachers.glob(f"*/{METRICS_FILE}")):
+        try:
+            record = read_json(metrics)
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "ok" and record.get("config_hash") == key:
+            return metrics.parent
+    return None
+
+
+def adopt_teacher_run(source: Path, run_dir: Path, overrides: list[str]) -> dict:
+    """This run's records from the teacher run that computed exactly this configuration: its
+    config, steps, log, predictions and weights (hard links where the file system allows),
+    and its metrics.json with this run's directory and overrides, and where it came from."""
+    import shutil
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for path in source.iterdir():
+        if path.name in (METRICS_FILE, "teacher.lock", LOGITS_FILE, SOURCE_FILE) or \
+                path.name.startswith("."):
+            continue
+        target = run_dir / path.name
+        if path.is_dir():
+            if path.name == MODEL_DIR:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(path, target, copy_function=link)
+        elif not target.exists():
+            link(str(path), str(target))
+    record = {**read_json(source / METRICS_FILE), "run_dir": str(run_dir),
+              "overrides": overrides, "adopted_from": str(source)}
+    write_json(run_dir / METRICS_FILE, record)  # last: the run counts as finished only now
+    log.info("run %s: the teacher run %s computed exactly this configuration; its records "
+             "are adopted, nothing trained", run_dir, source)
+    return record
