@@ -60,7 +60,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     uses it to store training-set logits)."""
     validate(cfg)
     setup_logging(run_dir)
-    if after_fit is None and (teacher := finished_teacher_run(cfg)) is not None:
+    # rerun=true trains for real, even where a teacher computed this configuration
+    if after_fit is None and not cfg.rerun and (teacher := finished_teacher_run(cfg)):
         return adopt_teacher_run(teacher, run_dir, _overrides() if overrides is None
                                  else overrides)
     if cfg.threads:
