@@ -31,6 +31,13 @@ def test_recipes_follow_the_model_and_yield_to_the_command_line():
     assert compose("model=bert_base").train.epochs == 3
 
 
+def test_a_users_model_without_a_recipe_gets_the_schema_defaults(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: mine\nname_or_path: tiny\n")
+    cfg = compose(f"hydra.searchpath=[file://{tmp_path}]", "model=mine")
+    assert (cfg.model.name, cfg.train.lr, cfg.train.epochs) == ("mine", 2e-5, 3)
+
+
 def test_task_configs_match_the_registry():
     from cmift.cli import CONF_DIR
 
