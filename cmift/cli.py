@@ -170,6 +170,10 @@ def main() -> None:
             raise
         _fail(f"cannot write {e.filename}: {e.strerror} (check output_dir / hydra.run.dir)")
     except ValueError as e:  # Hydra's own command-line rules, e.g. `-m` with `--cfg`
+        if "Config group override" in str(e):  # `logger=null`: a group takes an option name
+            nulls = [a for a in sys.argv[1:] if a.endswith("=null")] or ["a group=null"]
+            _fail(f"{nulls[0]} is not allowed: a config group takes one of its options "
+                  f"(`cmift --help` lists them)")
         if "can be specified" not in str(e):
             raise
         _fail(str(e))

@@ -58,6 +58,20 @@ def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
                 and isinstance(node._get_node(leaf), BooleanNode)
                 and value.strip().lower() not in ("true", "false")):
             raise ConfigError(f"{key}={value!r} is not allowed: true or false")
+        if key == "recipe" and value not in ("null", *recipe_options()):
+            # the group is optional (a user's model may have no recipe), so Hydra skips a typo
+            raise ConfigError(f"recipe={value!r} is not allowed: one of {recipe_options()}")
+
+
+def recipe_options() -> list[str]:
+    """The recipes Hydra can see (conf/recipe/ and any hydra.searchpath)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return sorted(GlobalHydra.instance().config_loader().get_group_options("recipe"))
+    from cmift.config.schema import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
 
 
 def validate(cfg: DictConfig, overrides: list[str] = ()) -> None:
