@@ -2,20 +2,34 @@
 metric module, so `cmift` runs from anywhere, not only from the source tree."""
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_installs_and_runs_outside_the_source_tree(fake_glue, tmp_path):
+    # built from a copy: a stale build/ folder in the checkout would hide a missing package
+    source = tmp_path / "source"
+    for part in ("cmift", "conf"):
+        shutil.copytree(ROOT / part, source / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
-                            "-o", str(tmp_path / "dist"), str(ROOT)],
+                            "-o", str(tmp_path / "dist"), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = list((tmp_path / "dist").glob("cmift-*.whl"))
+    # every subpackage of the source tree is in the wheel (a package list that lags behind a
+    # new folder breaks only non-editable installs, and only when that method is chosen)
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    packages = {str(p.relative_to(ROOT)) for p in (ROOT / "cmift").rglob("__init__.py")}
+    assert packages <= shipped, sorted(packages - shipped)
     # a fresh venv that sees this interpreter's packages (torch & co.) but not the checkout
     venv.create(tmp_path / "venv", system_site_packages=True, with_pip=False)
     python = tmp_path / "venv" / "bin" / "python"
