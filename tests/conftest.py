@@ -84,3 +84,32 @@ def dev_evals(record: dict) -> str:
     import json
 
     return json.dumps([e["dev"] for e in record["evals"]], sort_keys=True)
+
+
+def assert_same_logits(model, other) -> None:
+    """Two classifiers (a reloaded model and the one trained) agree on a random batch."""
+    import torch
+
+    model.eval()
+    other.eval()
+    ids = torch.randint(5, 50, (3, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, other(**batch).logits, atol=1e-6)
+
+
+def cli(args: list[str], cwd):
+    """`cmift <args> output_dir=<out>` in a subprocess, as a function of (out, faults): faults
+    are CMIFT_FAULTS points (a kill at a known step, never after a sleep)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def cmift(out, faults: str = ""):
+        return subprocess.run([sys.executable, "-m", "cmift", *args, f"output_dir={out}"],
+                              env={**env, "CMIFT_FAULTS": faults}, capture_output=True,
+                              text=True, timeout=600, cwd=cwd)
+
+    return cmift

@@ -3,10 +3,7 @@ the frozen encoder unchanged by training, exact resume with checkpoints of the t
 only, a loadable adapter, and prefix refused where attention takes no past key/values."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ import torch
 from cmift.config.identity import config_hash
 from cmift.config.spec import ConfigError
 from cmift.training.run import run
-from conftest import compose, dev_evals
+from conftest import assert_same_logits, cli, compose, dev_evals
 
 pytest.importorskip("peft")
 
@@ -96,39 +93,34 @@ def test_the_encoder_stays_frozen_and_the_adapter_reloads(tuning, fake_glue, tmp
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "model" / "model.safetensors").exists()
     reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "model")).eval()
-    trained.eval()
-    ids = torch.randint(5, 50, (3, 12))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "token_type_ids": torch.zeros_like(ids)}
-    with torch.no_grad():
-        assert torch.allclose(reloaded(**batch).logits, trained(**batch).logits, atol=1e-6)
+    assert_same_logits(reloaded, trained)
 
 
-def test_a_prefix_run_resumes_exactly_from_checkpoints_of_trained_tensors(fake_glue, tmp_path):
-    args = [*TINY, "tuning=prefix", "train.save_every=2", "train.eval_every=3",
+@pytest.mark.parametrize("tuning", ["prefix", "lt_prefix"])
+def test_a_run_resumes_exactly_from_checkpoints_of_trained_tensors(tuning, fake_glue, tmp_path):
+    args = [*TINY, f"tuning={tuning}", "train.save_every=2", "train.eval_every=3",
             f"data.glue_dir={fake_glue}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-    def cmift(out, faults=""):
-        return subprocess.run([sys.executable, "-m", "cmift", *args, f"output_dir={out}"],
-                              env={**env, "CMIFT_FAULTS": faults}, capture_output=True,
-                              text=True, timeout=600, cwd=tmp_path)
+    cmift = cli(args, tmp_path)
 
     assert cmift(tmp_path / "clean").returncode == 0
     assert cmift(tmp_path / "out", "sigkill@4").returncode == -signal.SIGKILL
     [ckpt] = sorted((tmp_path / "out").rglob("step-00000004.pt"))
     payload = torch.load(ckpt, weights_only=True)
-    assert sum(t.numel() for t in payload["model"].values()) == 20 * LAYERS * 2 * HIDDEN + HEAD
     again = cmift(tmp_path / "out")
     assert again.returncode == 0, again.stderr[-2000:]
     [clean] = [json.loads(p.read_text()) for p in (tmp_path / "clean").rglob("metrics.json")]
     [resumed] = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("metrics.json")]
     assert dev_evals(resumed) == dev_evals(clean)
-    assert resumed["trainable_parameters"] == 20 * LAYERS * 2 * HIDDEN + HEAD
+    trainable = resumed["trainable_parameters"]
+    assert sum(t.numel() for t in payload["model"].values()) == trainable  # trained tensors only
+    assert trainable < resumed["tuning_setup"]["total_parameters"]
+    if tuning == "prefix":
+        assert trainable == 20 * LAYERS * 2 * HIDDEN + HEAD
     assert np.isfinite(resumed["final"]["loss"])
     # the tables name the method and show its trainable parameters
     from cmift.cli import table_main
 
     table_main([str(tmp_path / "clean"), "--no-plots"])
     glue = (tmp_path / "clean" / "tables" / "glue.md").read_text()
-    assert "tiny ce +prefix tuning" in glue and "| trainable" in glue and "5.2k" in glue
+    assert f"tiny ce +{tuning} tuning" in glue and "| trainable" in glue
+    assert f"{trainable / 1000:.1f}k" in glue

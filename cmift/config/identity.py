@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cmift.config.spec import METHOD_GROUPS, UNSET, find
+from cmift.config.spec import METHOD_GROUPS, METHODS, UNSET, discover, find
 from cmift.config.validate import leaves
 
 _PATH_OVERRIDES = ("task", "objective", "model", "seed")
@@ -43,8 +43,15 @@ def _reader(cfg: DictConfig):
         if spec is not None and (group != "distillation" or distils):
             namespaces |= set(spec.reads)
     tiny = cfg.model.name_or_path == "tiny"
+    # keys outside the method groups that a method owns (task.verbalizers): read only when a
+    # chosen method lists them
+    discover()
+    owned = {k for spec in METHODS.values() for k in spec.reads
+             if k.partition(".")[0] not in METHOD_GROUPS}
 
     def reads(key: str) -> bool:
+        if key in owned or any(key.startswith(f"{k}.") for k in owned):
+            return key in namespaces or any(key.startswith(f"{k}.") for k in namespaces)
         group, _, rest = key.partition(".")
         if group == "distillation" and not distils:
             return False

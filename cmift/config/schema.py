@@ -93,6 +93,9 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = MISSING  # a key of cmift.data.tasks.TASKS
+    # one sentence per class, in label order: the label texts of label-token tuning
+    # (tuning=lt_prefix|lt_prompt); only runs that read them are named by them
+    verbalizers: Optional[list[str]] = None
 
 
 @dataclass

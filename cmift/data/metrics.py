@@ -77,3 +77,15 @@ def cmi_diagnostics(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, floa
     # a KL is >= 0; rounding can leave -1e-17 when every prediction is the same
     gamma = max(0.0, float(np.mean(np.sum(np.where(own, 0.0, kl), axis=1) / len(present))))
     return {"cmi": cmi, "gamma": gamma, "ncmi": cmi / gamma if gamma > 0 else float("nan")}
+
+
+def pair_accuracy(log_odds: np.ndarray, labels: np.ndarray) -> float:
+    """Label-token tuning's second protocol: the accuracy of the binary "is k the label?"
+    decisions (log-odds > 0), in expectation over the authors' dev pairs (half true, half with a
+    random wrong label): 1/2 true-pair accuracy + 1/2 mean wrong-pair accuracy."""
+    k = log_odds.shape[-1]
+    true = np.eye(k, dtype=bool)[labels]
+    said = log_odds > 0
+    on_true = said[true].mean()
+    on_wrong = (~said[~true]).reshape(len(labels), k - 1).mean()
+    return float(0.5 * on_true + 0.5 * on_wrong)

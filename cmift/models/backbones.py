@@ -237,7 +237,9 @@ class FeatureTap:
         import torch
 
         self.value = None
-        if hasattr(model, "bert") and getattr(model.bert, "pooler", None) is not None:
+        if hasattr(model, "pair_features"):  # label-token tuning: every pair's feature, joined
+            self.handle = model.pair_features.register_forward_hook(self._keep)
+        elif hasattr(model, "bert") and getattr(model.bert, "pooler", None) is not None:
             self.handle = model.bert.pooler.register_forward_hook(self._keep)
         elif hasattr(model, "pre_classifier"):
             self.handle = model.pre_classifier.register_forward_hook(

@@ -26,6 +26,8 @@ class Outputs:
 
     logits: "torch.Tensor"
     features: Optional["torch.Tensor"] = None
+    # the logits are pair log-odds trained by the pair loss (tuning=lt_*, tuning.lt.loss=pairs)
+    pair_loss: bool = False
 
 
 # `passes(limit, train_mode=False)` yields (Outputs, labels) for the first `limit` training

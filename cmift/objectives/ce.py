@@ -18,11 +18,20 @@ def task_loss(logits, labels, regression: bool):
     return F.cross_entropy(logits, labels)
 
 
+def data_loss(out: Outputs, labels, regression: bool):
+    """The supervised term of every objective: task_loss, or label-token tuning's pair loss."""
+    if out.pair_loss:
+        from cmift.tuning.label_tuning import pair_loss
+
+        return pair_loss(out.logits, labels)
+    return task_loss(out.logits, labels, regression)
+
+
 @implements("ce")
 class CrossEntropy(Objective):
     def __init__(self, cfg, task, **_):
         self.regression = task.is_regression
 
     def __call__(self, out: Outputs, batch: dict) -> dict:
-        ce = task_loss(out.logits, batch["labels"], self.regression)
+        ce = data_loss(out, batch["labels"], self.regression)
         return {"ce": ce, "loss": ce}

@@ -30,7 +30,7 @@ from cmift.config.spec import (
 )
 from cmift.lazy import torch
 from cmift.objectives import Objective, Outputs, Passes, implements
-from cmift.objectives.ce import task_loss
+from cmift.objectives.ce import data_loss
 from cmift.objectives.centroids import Centroids
 from cmift.objectives.cmi_terms import FeatureMap, batch_cmi, batch_gamma
 
@@ -161,7 +161,7 @@ class CMIObjective(Objective):
 
     def __call__(self, out: Outputs, batch: dict) -> dict:
         y = batch["labels"]
-        ce = task_loss(out.logits, y, regression=False)
+        ce = data_loss(out, y, regression=False)
         log_r = self.features.log_r(out, training=True)
         q = self.centroids.q
         cmi, gamma = batch_cmi(log_r, y, q), batch_gamma(log_r, y, q, self.gamma_form)

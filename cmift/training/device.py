@@ -70,11 +70,13 @@ class Forward:
         self.model, self.device = model, device
         self.inputs = model_kwargs(model)
         self.tap = FeatureTap(model) if features else None
+        self.pair_loss = getattr(model, "pair_loss", False)
 
     def __call__(self, batch: dict) -> Outputs:
         with self.device.autocast():
             logits = self.model(**{k: batch[k] for k in self.inputs if k in batch}).logits
-        return Outputs(logits=logits, features=self.tap.value if self.tap else None)
+        return Outputs(logits=logits, features=self.tap.value if self.tap else None,
+                       pair_loss=self.pair_loss)
 
 
 def peak_memory_mb(device: Device) -> dict:

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from cmift.data.metrics import cmi_diagnostics, task_metrics
+from cmift.data.metrics import cmi_diagnostics, pair_accuracy, task_metrics
 from cmift.data.tasks import GlueTask, split_suffix
 from cmift.data.tokenized import PadCollator, Split, eval_batches
 from cmift.objectives import Outputs
@@ -91,6 +91,8 @@ def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collato
             m = task_metrics(task.metrics, preds, labels)
             m["loss"] = float(torch.nn.functional.nll_loss(log_probs, torch.from_numpy(labels)))
             m.update(cmi_diagnostics(log_probs.numpy(), labels))
+            if getattr(forward.model, "pair_scoring", False):  # label-token tuning
+                m["pair_accuracy"] = pair_accuracy(logits, labels)
         result.metrics.update({f"{k}{sfx}": v for k, v in m.items()})
         result.predictions[name] = (split.idx, labels, preds, probs)
     scores = [result.metrics[f"{k}{split_suffix(task, s)}"] for s in splits for k in task.metrics]

@@ -48,7 +48,7 @@ from cmift.training.teacher import (
     student_model_config,
     teacher_source,
 )
-from cmift.tuning import apply_tuning, is_peft
+from cmift.tuning import apply_tuning, trains_part
 
 log = logging.getLogger("cmift")
 
@@ -108,7 +108,8 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
         model = load_model(cfg.model, task.num_labels, task.is_regression, len(tokenizer))
     setup = apply_dropout(model, DropoutContext(cfg, model_cfg, task, train, tokenizer,
                                                 device.device))
-    model, tuning = apply_tuning(model, cfg, model_cfg)  # after dropout: it reads the backbone
+    # after dropout: it reads the backbone
+    model, tuning = apply_tuning(model, cfg, model_cfg, tokenizer)
     record.update(dropout_setup=setup, tuning_setup=tuning,
                   trainable_parameters=tuning["trainable_parameters"])
     objective = build_objective(cfg, task, **context)
@@ -194,7 +195,7 @@ def predict_test(cfg, task, tokenizer, result, run_dir: Path) -> None:
 def save_weights(model, tokenizer, folder: Path, task) -> None:
     """Final weights (safetensors), config and tokenizer, loadable with from_pretrained; the
     config names the task's classes, so a pipeline says `equivalent`, not `LABEL_1`."""
-    if task.label_names and not is_peft(model):  # a peft adapter keeps its base's config
+    if task.label_names and not trains_part(model):  # an adapter keeps its base's config
         model.config.id2label = dict(enumerate(task.label_names))
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     tmp = folder.with_name(f".{folder.name}.tmp")

@@ -9,5 +9,5 @@ register(MethodSpec("tuning", "full", "every weight trains"))
 
 
 @implements("full")
-def full(model, cfg, model_cfg):
+def full(model, cfg, model_cfg, **_):
     return model

@@ -55,10 +55,9 @@ def _peft():
 
 
 @implements("prefix")
-def prefix(model, cfg, model_cfg):
+def prefix(model, cfg, model_cfg, **_):
     peft = _peft()
-    backbone = getattr(model, model.base_model_prefix, model)
-    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+    if not takes_past_key_values(model):
         raise ConfigError(f"tuning=prefix is not allowed for model {model_cfg.name} "
                           f"({type(model).__name__}): its attention takes no past key/values; "
                           "use tuning=prompt or tuning=full")
@@ -71,12 +70,18 @@ def prefix(model, cfg, model_cfg):
 
 
 @implements("prompt")
-def prompt(model, cfg, model_cfg):
+def prompt(model, cfg, model_cfg, **_):
     peft = _peft()
     config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_CLS,
                                      num_virtual_tokens=cfg.tuning.prompt.virtual_tokens,
                                      **_shape(model))
     return peft.get_peft_model(model, config)
+
+
+def takes_past_key_values(model) -> bool:
+    """Prefixes enter attention as past key/values; DistilBERT's attention takes none."""
+    backbone = getattr(model, model.base_model_prefix, model)
+    return "past_key_values" in inspect.signature(backbone.forward).parameters
 
 
 def _shape(model) -> dict:
