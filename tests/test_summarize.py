@@ -57,15 +57,15 @@ def runs(tmp_path):
 def test_glue_table_cells_selection_and_missing(runs):
     out = write_tables([str(runs)], runs / "tables", ["md", "tex", "csv"], "last", plots=False)
     glue = out["glue"]
-    assert list(glue.columns) == ["COLA (matthews_correlation)", "MRPC (f1/accuracy)",
+    assert list(glue.columns) == ["CoLA (matthews_correlation)", "MRPC (f1/accuracy)",
                                   "RTE (accuracy)", "avg"]
     ce, cmi = glue.loc["m ce"], glue.loc["m min_cmi"]
     assert ce["RTE (accuracy)"] == "81.0±1.4 (n=2)"
     assert ce["MRPC (f1/accuracy)"] == "91.0±1.4/81.0±1.4 (n=2)"
-    assert ce["COLA (matthews_correlation)"] == "—"  # never run: shown missing
+    assert ce["CoLA (matthews_correlation)"] == "—"  # never run: shown missing
     assert cmi["RTE (accuracy)"] == "86.0±1.4 (n=2) [lam=0.1,beta=0.0] +1 unfinished"
     assert cmi["MRPC (f1/accuracy)"] == "93.0±1.4/83.0±1.4 (n=2) [lam=1.0,beta=0.0] +1 failed"
-    assert cmi["COLA (matthews_correlation)"] == "+1 failed"
+    assert cmi["CoLA (matthews_correlation)"] == "+1 failed"
     assert cmi["avg"] == "87.0*"  # (86 + 88) / 2, and a task is missing
     assert ce["avg"] == "83.5*"
 

@@ -82,3 +82,8 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
     for col in [c for c in runs.columns if c.startswith("cfg.")]:  # 50 stays 50, not 50.0
         runs[col] = pd.Series([row.get(col) for row in rows], index=runs.index, dtype=object)
     return runs, pd.DataFrame(curves)
+
+
+def display_name(task: str) -> str:
+    """GLUE's own spelling (CoLA, SST-2, STS-B): the folder name of the original release."""
+    return TASKS[task].folder if task in TASKS else task.upper()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmift.report.load import display_name
 from cmift.report.methods import is_baseline, task_score
 from cmift.runs.files import atomic_write
 
@@ -55,7 +56,7 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
                       stats["std"].fillna(0).to_numpy(), f"{method} (n={stats['count'].max()})")
         if (swept[col] > 0).all():
             ax.set_xscale("log")
-        ax.set(title=task.upper(), xlabel=xlabel, ylabel="dev task score")
+        ax.set(title=display_name(task), xlabel=xlabel, ylabel="dev task score")
         ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -77,7 +78,7 @@ def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
                 stats = g.groupby("epoch")[metric].agg(["mean", "std"])
                 _band(axes[row][j], stats.index.to_numpy(float), stats["mean"].to_numpy(),
                       stats["std"].fillna(0).to_numpy(), method)
-        axes[0][j].set(title=task.upper(), ylabel="dev CMI (output space)")
+        axes[0][j].set(title=display_name(task), ylabel="dev CMI (output space)")
         axes[1][j].set(xlabel="epoch", ylabel="dev NCMI")
         axes[0][j].legend(fontsize=6)
     return _save(fig, path)
@@ -103,7 +104,7 @@ def dropout_rates(runs: pd.DataFrame, path: Path) -> list[Path]:
         sites = pd.DataFrame(g.iloc[0]["dropout_sites"])
         for kind, k in sites.groupby("kind", sort=False):
             ax.plot(k["layer"], k["p"], marker=KIND_MARKERS.get(kind, "x"), label=kind)
-        ax.set(title=f"{task.upper()}: {method}", xlabel="layer (0 = embeddings)",
+        ax.set(title=f"{display_name(task)}: {method}", xlabel="layer (0 = embeddings)",
                ylabel="dropout p")
         ax.legend(fontsize=6)
     return _save(fig, path)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cmift.data.tasks import TASKS
-from cmift.report.load import official_metrics
+from cmift.report.load import display_name, official_metrics
 from cmift.report.methods import as_text, is_baseline, scope, select, task_score
 
 
@@ -74,7 +74,7 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if "tuning" in runs and (runs["tuning"] != "full").any():  # parameter-efficient rows
         for method, group in runs.groupby("method", sort=True):
             display[method]["trainable"] = _count(group)
-    headers = {t: f"{t.upper()} ({'/'.join(official_metrics(t))})" for t in tasks}
+    headers = {t: f"{display_name(t)} ({'/'.join(official_metrics(t))})" for t in tasks}
     frame = pd.DataFrame.from_dict(display, orient="index").rename(columns=headers)
     means = pd.DataFrame.from_dict(numeric, orient="index").rename(columns=headers)
     return frame, means
