@@ -154,6 +154,10 @@ def main() -> None:
     # become one line and exit code 2 here.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _terminate)
+    ranks = os.environ.get("WORLD_SIZE", "1")
+    if ranks != "1":  # torchrun: every rank would train the whole run on its own
+        _fail(f"WORLD_SIZE={ranks} is not allowed: cmift does not train data-parallel yet, so "
+              "each rank would train the whole run again; run `cmift ...` without torchrun")
     for arg in sys.argv[1:]:
         key = arg.lstrip("+~").split("=", 1)[0]
         if key in MOVED_KEYS:
