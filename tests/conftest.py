@@ -65,6 +65,11 @@ def _private_cache(tmp_path_factory):
     os.environ["CMIFT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("GLUE_DIR", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the cmift subprocesses it starts
 
 
 def compose(*overrides: str, return_hydra: bool = False):
