@@ -20,6 +20,7 @@ from cmift.config.identity import register_resolvers
 from cmift.config.schema import CONF_DIR, MOVED_KEYS, register_configs
 from cmift.config.spec import ConfigError
 from cmift.runs.scores import run_score
+from cmift.training.distributed import launched
 
 register_configs()
 register_resolvers()
@@ -67,6 +68,8 @@ def _job(cfg: DictConfig) -> float:
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
         return _finished_score(base)
+    if launched() > 1:
+        return _data_parallel_job(cfg, base)
     try:
         run_dir = claim_run_dir(base, exclusive=sweeping)
     except OSError as e:  # output_dir a file, read-only, or on a full disk
@@ -121,6 +124,42 @@ def _job(cfg: DictConfig) -> float:
     return -math.inf
 
 
+def _data_parallel_job(cfg: DictConfig, base: Path) -> float:
+    """One run on every rank torchrun started (cmift/training/distributed.py): rank 0 claims
+    the run directory and names it to the others; only rank 0 writes."""
+    from cmift.config.spec import method
+    from cmift.runs.rundir import claim_run_dir, release_run_dir
+    from cmift.training.distributed import start
+
+    if method("objective", cfg.objective.name).distils:
+        _fail(f"objective={cfg.objective.name} is not allowed under torchrun yet: the teacher "
+              "stage runs on one process; train the student without torchrun")
+    ranks = start()
+    run_dir = None
+    if ranks.main:
+        try:
+            run_dir = claim_run_dir(base)
+        except OSError as e:
+            run_dir = e
+    run_dir = ranks.broadcast(run_dir)
+    if isinstance(run_dir, OSError):
+        _fail(f"output_dir={cfg.output_dir!r} cannot hold the run directory {base}: "
+              f"{run_dir.strerror or run_dir}")
+    try:
+        from cmift.training.run import run
+
+        return run_score(run(cfg, run_dir))
+    except KeyboardInterrupt as e:
+        how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 2)
+        _fail(f"{how}; the last checkpoint and the partial run are in {run_dir}: run the "
+              "command again to resume", code)
+    except ConfigError as e:
+        _fail(str(e))
+    finally:
+        if ranks.main:
+            release_run_dir(run_dir)
+
+
 def _finished_score(run_dir: Path) -> float:
     import json
 
@@ -155,9 +194,10 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _terminate)
     ranks = os.environ.get("WORLD_SIZE", "1")
-    if ranks != "1":  # torchrun: every rank would train the whole run on its own
-        _fail(f"WORLD_SIZE={ranks} is not allowed: cmift does not train data-parallel yet, so "
-              "each rank would train the whole run again; run `cmift ...` without torchrun")
+    if ranks != "1" and ({"-m", "--multirun"} & set(sys.argv[1:])):
+        # every rank would run the whole sweep; one torchrun trains one run
+        _fail(f"-m is not allowed under torchrun (WORLD_SIZE={ranks}): one torchrun trains one "
+              "data-parallel run; sweep with one torchrun per job (README: Data-parallel)")
     for arg in sys.argv[1:]:
         key = arg.lstrip("+~").split("=", 1)[0]
         if key in MOVED_KEYS:

@@ -227,11 +227,3 @@ def test_a_very_long_row_is_read_and_truncated(tmp_path, fake_glue):
     proc = cmift([*args, f"output_dir={tmp_path}/out"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
-
-def test_a_torchrun_launch_is_refused_not_run_once_per_rank(tmp_path, fake_glue):
-    # until data-parallel training exists, N ranks would each train the whole run
-    proc = cmift(["task=mrpc", "model=tiny", f"data.glue_dir={fake_glue}",
-                  f"output_dir={tmp_path}/o"], tmp_path, WORLD_SIZE="2", RANK="1")
-    assert_one_line_error(proc, "WORLD_SIZE=2 is not allowed: cmift does not train "
-                                "data-parallel yet")
-    assert not (tmp_path / "o").exists()

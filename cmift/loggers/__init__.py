@@ -13,7 +13,9 @@ from cmift.loggers.base import Logger
 
 
 def build(logger_cfg, run_dir: Path, config: dict) -> Logger:
-    name = choice(logger_cfg.name)
+    from cmift.training.distributed import RANKS
+
+    name = choice(logger_cfg.name) if RANKS.main else "none"  # data-parallel: rank 0 logs
     if name == "csv":
         from cmift.loggers.csv_logger import CsvLogger
 

@@ -26,6 +26,7 @@ class Centroids:
             for r, y in batches:
                 sums.index_add_(0, y, r.float())
                 counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
+            _over_ranks(sums, counts)
             seen = counts > 0
             self.q[seen] = _rows_sum_to_one(sums[seen] / counts[seen, None])
 
@@ -39,6 +40,7 @@ class Centroids:
             sums = torch.zeros_like(self.q).index_add_(0, y, r)
             counts = torch.zeros(self.q.shape[0], dtype=torch.float32, device=self.q.device)
             counts.index_add_(0, y, finite.float())
+            _over_ranks(sums, counts)
             present = (counts > 0)[:, None]
             means = sums / counts.clamp(min=1)[:, None]
             m = self.momentum
@@ -64,6 +66,15 @@ class Centroids:
     def to(self, device) -> "Centroids":
         self.q = self.q.to(device)
         return self
+
+
+def _over_ranks(sums, counts) -> None:
+    """Data-parallel runs: class sums and counts over every rank's examples, so every rank fits
+    the same centroids (a mean is unchanged where ranks saw the same examples)."""
+    from cmift.training.distributed import RANKS
+
+    RANKS.sum_(sums)
+    RANKS.sum_(counts)
 
 
 def _rows_sum_to_one(q):

@@ -74,7 +74,12 @@ FILE_MODE = 0o666 & ~_umask()
 def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
     """Write through `write(file)` to a temp file in the same folder, fsync, then rename over
     `path`: a kill at any moment leaves the previous complete file, never a torn one. Running
-    out of space raises DiskFull (one line), with the previous file untouched."""
+    out of space raises DiskFull (one line), with the previous file untouched. On a
+    data-parallel run only rank 0 writes (every rank computes the same state)."""
+    from cmift.training.distributed import RANKS
+
+    if not RANKS.main:
+        return
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

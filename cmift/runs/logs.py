@@ -41,9 +41,16 @@ def setup_logging(folder: Path) -> logging.Logger:
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     console.addFilter(lambda record: not getattr(record, "file_only", False))
-    file = logging.FileHandler(folder / LOG_FILE)
-    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for h in (console, file):
+    handlers = [console]
+    from cmift.training.distributed import RANKS
+
+    if RANKS.main:  # data-parallel: rank 0 keeps run.log; the others say only what goes wrong
+        file = logging.FileHandler(folder / LOG_FILE)
+        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(file)
+    else:
+        console.setLevel(logging.WARNING)
+    for h in handlers:
         h._cmift = True
         root.addHandler(h)
     root.setLevel(logging.INFO)

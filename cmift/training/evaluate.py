@@ -14,6 +14,7 @@ from cmift.data.tasks import GlueTask, split_suffix
 from cmift.data.tokenized import PadCollator, Split, eval_batches
 from cmift.objectives import Outputs
 from cmift.training.device import Forward, to_device
+from cmift.training.distributed import RANKS
 
 
 @dataclass
@@ -24,7 +25,7 @@ class EvalResult:
 
 def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
                 limit: Optional[int] = None, inference: bool = False, train_mode: bool = False,
-                progress: Optional[Callable] = None
+                progress: Optional[Callable] = None, shard: bool = False
                 ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
     """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
     without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
@@ -34,13 +35,19 @@ def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_siz
 
     `inference=True` runs under torch.inference_mode (no autograd bookkeeping at all), for
     outputs that only leave as NumPy; objectives' passes keep no_grad, because their state
-    (centroids) is later used by the loss and inference tensors cannot enter autograd."""
+    (centroids) is later used by the loss and inference tensors cannot enter autograd.
+
+    `shard=True` on a data-parallel run: this rank's share of the batches (all of them when
+    there are fewer batches than ranks); the caller combines the ranks' results."""
     model = forward.model
     was_training = model.training
     model.train(train_mode)
     grad_off = torch.inference_mode if inference else torch.no_grad
     try:
-        for indices in eval_batches(split.lengths[:limit], batch_size):
+        batches = list(eval_batches(split.lengths[:limit], batch_size))
+        if shard and len(batches) >= RANKS.world:
+            batches = RANKS.shard(batches)
+        for indices in batches:
             batch = to_device(collator(indices), forward.device.device)
             # grad mode is per thread: hold it only around the forward, never across a yield
             with grad_off():
@@ -58,12 +65,21 @@ def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: i
     """Logits (or the class scores of `decode`) for every example of `split`, in the split's
     order (under inference mode)."""
     out = None
+    mine = []
     for outputs, _, indices in eval_passes(forward, split, collator, batch_size, inference=True,
-                                           progress=progress):
+                                           progress=progress, shard=True):
         logits = (decode(outputs) if decode else outputs.logits).float()
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits.cpu().numpy()
+        if RANKS.parallel:
+            mine.append((indices, out[indices]))
+    if RANKS.parallel:  # every rank's rows, each example from the one rank that predicted it
+        for part in RANKS.gather(mine):
+            for indices, rows in part:
+                if out is None:
+                    out = np.empty((len(split), rows.shape[-1]), dtype=np.float32)
+                out[indices] = rows
     return out
 
 

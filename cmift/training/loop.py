@@ -27,6 +27,7 @@ from cmift.runs.scores import should_stop
 from cmift.training import checkpoint as ckpt
 from cmift.training.best import BestWeights
 from cmift.training.device import Device, Forward, pin_batch, to_device
+from cmift.training.distributed import RANKS, wrap
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
 from cmift.training.optim import make_optimizer, make_scheduler, plan_steps
 from cmift.training.progress import TrainProgress
@@ -78,6 +79,7 @@ class Loop:
         model.to(device.device)
         model.train()
         self.forward = Forward(model, device, features=objective.needs_features)
+        self.forward.model = wrap(model)  # DDP on a data-parallel run (distributed.py)
         self.collate = PadCollator(train, pad_id, task.is_regression)
         self.dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
         self.selection = {"selection": selection} if selection is not None else {}
@@ -91,7 +93,8 @@ class Loop:
             scaler=torch.amp.GradScaler("cuda") if device.amp_dtype == torch.float16 else None,
             generator=torch.Generator().manual_seed(cfg.seed))
         self.logger = logger or Logger()
-        self.steps_log = StepLog(run_dir / STEPS_FILE, self.logger.log_steps)
+        self.steps_log = StepLog(run_dir / STEPS_FILE if RANKS.main else None,
+                                 self.logger.log_steps)
         self.skip_nan = choice(self.t.nan_policy) == "skip"
         self.consecutive_skips = 0
         self.progress = TrainProgress(self.total)
@@ -111,10 +114,13 @@ class Loop:
                     self.run_epoch()
         except KeyboardInterrupt:
             # Ctrl-C: save the last step boundary, so that running the command again resumes.
+            # Data-parallel ranks may be stopped at different points: the last checkpoint
+            # written by all of them stands.
             self.steps_log.flush()
-            ckpt.save(self.run_dir, s.step, s.payload(), t.keep_checkpoints)
-            log.warning("interrupted at step %d; checkpoint saved, run the command again to "
-                        "resume", s.step)
+            if not RANKS.parallel:
+                ckpt.save(self.run_dir, s.step, s.payload(), t.keep_checkpoints)
+            log.warning("interrupted at step %d; %s, run the command again to resume", s.step,
+                        "the last checkpoint stands" if RANKS.parallel else "checkpoint saved")
             raise
         if self.stopping():
             log.info("early stopping at step %d: no better %s score in the last %d "
@@ -202,6 +208,11 @@ class Loop:
         s, t = self.state, self.t
         terms: dict = {}
         for micro, indices in enumerate(group):
+            share, whole = 1.0, len(indices)  # examples in the (global) micro-batch
+            if RANKS.parallel:  # this rank's part of the global batch, weighted by its size
+                mine = RANKS.shard(indices)
+                share = len(mine) / len(indices)
+                indices = mine or indices[:1]  # an empty shard still joins DDP's all-reduce
             # A plain generator, not a DataLoader: a DataLoader iterator draws a seed from the
             # global RNG when created, which would shift dropout masks on resume.
             cpu_batch = self.collate(indices)
@@ -214,12 +225,19 @@ class Loop:
             if faults.active("nan_loss", attempt, micro, len(group) - 1):
                 batch_terms["loss"] = batch_terms["loss"] * float("nan")
             loss = batch_terms["loss"] / t.grad_accum
+            if RANKS.parallel:  # DDP averages over ranks: share x ranks makes it the batch mean
+                loss = loss * (share * RANKS.world)
+                batch_terms = {k: v.detach() * share for k, v in batch_terms.items()}
             (s.scaler.scale(loss) if s.scaler else loss).backward()
             for k, v in batch_terms.items():  # every micro-batch counts, not just the last
                 terms[k] = terms.get(k, 0) + v.detach() / len(group)
-            s.examples += len(cpu_batch["labels"])
-            s.timing["train_tokens"] += cpu_batch["input_ids"].numel()
-            self.progress.examples += len(cpu_batch["labels"])
+            s.examples += whole
+            s.timing["train_tokens"] += cpu_batch["input_ids"].numel()  # this rank's
+            self.progress.examples += whole
+        if RANKS.parallel:  # the global batch's terms on every rank (logged by rank 0)
+            names = sorted(terms)
+            total = RANKS.sum_(torch.stack([terms[k].float() for k in names]))
+            terms = dict(zip(names, total))
         if self.skip_nan and not torch.isfinite(terms["loss"]).item():  # opted-in sync
             self.skip_step(len(group))
             return None
@@ -323,9 +341,10 @@ class Loop:
             return
         self.saved_step = self.state.step
         self.check_finite(self.steps_log.flush())
-        path = ckpt.save(self.run_dir, self.state.step, self.state.payload(),
-                         self.t.keep_checkpoints)
-        log.info("checkpoint %s", path.name)
+        payload = self.state.payload()  # on every rank: it gathers their random streams
+        if RANKS.main:
+            path = ckpt.save(self.run_dir, self.state.step, payload, self.t.keep_checkpoints)
+            log.info("checkpoint %s", path.name)
         self.progress.restart_interval()
 
     def check_finite(self, means: dict) -> None:
@@ -347,9 +366,11 @@ class Loop:
         """The objective's no-grad passes over the first `limit` training examples."""
         total = len(self.train) if limit is None else min(limit, len(self.train))
         with self.progress.pass_shown("objective pass over train", total) as advance:
+            # sharded on a data-parallel run: the objective combines the ranks (centroids.py)
             for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
                                                   self.t.eval_batch_size, limit,
-                                                  train_mode=train_mode, progress=advance):
+                                                  train_mode=train_mode, progress=advance,
+                                                  shard=True):
                 yield outputs, labels
 
     def result(self, kept_step: Optional[int] = None) -> FitResult:

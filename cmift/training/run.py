@@ -31,13 +31,21 @@ from cmift.models.backbones import (
     verify_before_loading,
 )
 from cmift.objectives import build as build_objective
-from cmift.runs.files import CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, DiskFull, write_json
+from cmift.runs.files import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_DIR,
+    DiskFull,
+    atomic_write,
+    write_json,
+)
 from cmift.runs.logs import setup_logging
 from cmift.runs.manifest import manifest
 from cmift.runs.predictions import write_predictions, write_test_predictions
 from cmift.runs.record import RunRecord
 from cmift.training import checkpoint as ckpt
 from cmift.training.device import peak_memory_mb, pick_device
+from cmift.training.distributed import RANKS
 from cmift.training.evaluate import predict
 from cmift.training.loop import fit
 from cmift.training.teacher import (
@@ -67,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.train.precision)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
     write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
     record = RunRecord.start(cfg, run_dir, _overrides() if overrides is None else overrides)
     log.info("run %s on %s", run_dir, device.describe())
@@ -96,7 +104,11 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
         record.update(teacher=teacher.summary())
     model_cfg = student_model_config(cfg) if teacher else cfg.model
     verify_before_loading(model_cfg)
+    if not RANKS.main:
+        RANKS.barrier()  # data-parallel: rank 0 tokenises and fills the caches first
     tokenizer, train, dev, selection, skipped = prepare_data(cfg, model_cfg, task)
+    if RANKS.main:
+        RANKS.barrier()
     record.update(skipped_rows={split: len(lines) for split, lines in skipped.items()})
     transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
     context = {}
@@ -134,14 +146,15 @@ def _finish(cfg, task, tokenizer, model, result, train, run_dir: Path, record: R
     """After training: the teacher's hook, weights, predictions, then the record says ok."""
     if after_fit is not None:
         after_fit(result, train)
-    if cfg.train.save_model:
+    if cfg.train.save_model and RANKS.main:
         save_weights(model, tokenizer, run_dir / MODEL_DIR, task)
     write_predictions(run_dir, task, result.last.predictions)
     if cfg.data.predict_test:
         predict_test(cfg, task, tokenizer, result, run_dir)
     record.finish(result, peak_memory_mb(device))
     # only now: a run killed before `finish` resumes from its last checkpoint, not from scratch
-    ckpt.clear(run_dir)
+    if RANKS.main:
+        ckpt.clear(run_dir)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.last.metrics.items())
     log.info("done in %.0fs (%.1f train ex/s): %s", result.train_seconds,
              record.data["train_examples_per_second"], shown)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from cmift.training import checkpoint as ckpt
+from cmift.training.distributed import RANKS
 from cmift.tuning import load_trained_state, trained_state
 
 
@@ -87,7 +88,9 @@ class TrainState:
                          "generator": self.generator.get_state()},
                 "step": self.step, "examples": self.examples, "skipped_steps": self.skipped,
                 "train_seconds": self.clock.seconds, "timing": dict(self.timing),
-                "evals": self.evals}
+                "evals": self.evals,
+                # data-parallel: each rank's dropout stream (a collective: every rank calls it)
+                **({"rank_rng": RANKS.gather(self.boundary_rng)} if RANKS.parallel else {})}
 
     def restore(self, payload: dict, device) -> None:
         """Continue from a checkpoint's payload: weights, optimiser, data position, RNGs."""
@@ -106,5 +109,8 @@ class TrainState:
         self.skipped, self.evals = payload["skipped_steps"], list(payload["evals"])
         self.clock = Stopwatch(payload["train_seconds"])
         self.timing.update(payload["timing"])
-        ckpt.set_rng_state(payload["rng"])
-        self.boundary_rng = payload["rng"]
+        rng = payload["rng"]
+        if RANKS.parallel and len(payload.get("rank_rng", [])) == RANKS.world:
+            rng = payload["rank_rng"][RANKS.rank]
+        ckpt.set_rng_state(rng)
+        self.boundary_rng = rng

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ class StepLog:
     """Per-step loss terms, kept on the device and written as JSON lines at log intervals, so
     the hot loop never waits for the device."""
 
-    def __init__(self, path: Path, sink=None):
+    def __init__(self, path: Optional[Path], sink=None):
         self.path, self.sink = path, sink  # sink(rows): the run's logger (logger=...)
         self.pending: list[tuple[int, int, dict, float, float]] = []
 
@@ -37,8 +38,9 @@ class StepLog:
                  **dict(zip(names, row))}
                 for (step, epoch, _, lr, seconds), row in zip(self.pending, values)]
         try:
-            with open(self.path, "a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
+            if self.path is not None:  # None: a data-parallel rank other than 0
+                with open(self.path, "a") as f:
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
@@ -51,7 +53,7 @@ class StepLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop logged steps after `step` (a resumed run logs them again)."""
-        if not self.path.is_file():
+        if self.path is None or not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line and json.loads(line)["step"] <= step]
