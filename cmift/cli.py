@@ -127,13 +127,9 @@ def _job(cfg: DictConfig) -> float:
 def _data_parallel_job(cfg: DictConfig, base: Path) -> float:
     """One run on every rank torchrun started (cmift/training/distributed.py): rank 0 claims
     the run directory and names it to the others; only rank 0 writes."""
-    from cmift.config.spec import method
     from cmift.runs.rundir import claim_run_dir, release_run_dir
     from cmift.training.distributed import start
 
-    if method("objective", cfg.objective.name).distils:
-        _fail(f"objective={cfg.objective.name} is not allowed under torchrun yet: the teacher "
-              "stage runs on one process; train the student without torchrun")
     ranks = start()
     run_dir = None
     if ranks.main:

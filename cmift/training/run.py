@@ -69,7 +69,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     validate(cfg)
     setup_logging(run_dir)
     # rerun=true trains for real, even where a teacher computed this configuration
-    if after_fit is None and not cfg.rerun and (teacher := finished_teacher_run(cfg)):
+    # (a data-parallel run trains: adopting is one process's file work)
+    if (after_fit is None and not cfg.rerun and not RANKS.parallel
+            and (teacher := finished_teacher_run(cfg))):
         return adopt_teacher_run(teacher, run_dir, _overrides() if overrides is None
                                  else overrides)
     if cfg.threads:

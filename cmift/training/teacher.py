@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,7 @@ from cmift.runs.files import (
 )
 from cmift.runs.rundir import drop_temp_files
 from cmift.training.device import Forward
+from cmift.training.distributed import RANKS
 from cmift.training.evaluate import predict
 
 log = logging.getLogger("cmift")
@@ -147,15 +149,19 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
               cfg.model.name / f"seed={cfg.seed}-{key}")
     folder.mkdir(parents=True, exist_ok=True)
     reused = True
-    with FileLock(folder / "teacher.lock"):  # a parallel student waits here for the teacher
-        if _trained_in(folder) is None and (source := finished_standalone_run(tcfg, key)):
+    # a parallel student waits here for the teacher; on a data-parallel run rank 0 holds the
+    # lock and decides, and every rank trains the teacher with it (rank 0 writes)
+    with FileLock(folder / "teacher.lock") if RANKS.main else nullcontext():
+        if RANKS.main and _trained_in(folder) is None and (
+                source := finished_standalone_run(tcfg, key)):
             drop_temp_files(folder)
             log.info("teacher %s: the finished %s run %s (its logits computed once)", key,
                      tcfg.objective.name, source)
             _reuse(tcfg, source, folder)
-        if _trained_in(folder) is None:
+        if RANKS.broadcast(_trained_in(folder) is None):
             reused = False
-            drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
+            if RANKS.main:
+                drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
             log.info("teacher %s: training (%s on %s) in %s", key, tcfg.objective.name,
                      cfg.model.name, folder)
 
@@ -165,6 +171,7 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
                 atomic_write(folder / LOGITS_FILE, lambda f: np.save(f, logits), binary=True)
 
             run(tcfg, folder, overrides=[], after_fit=store_logits)
+        RANKS.barrier()  # rank 0 has written the logits
         trained_in = _trained_in(folder)
     return Teacher(key, trained_in, read_logits(folder / LOGITS_FILE),
                    read_json(trained_in / METRICS_FILE), reused)
