@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from cmift.config.identity import register_resolvers
 from cmift.config.schema import CONF_DIR, MOVED_KEYS, register_configs
 from cmift.config.spec import ConfigError
+from cmift.ranks import launched
 from cmift.runs.scores import run_score
-from cmift.training.distributed import launched
 
 register_configs()
 register_resolvers()
@@ -125,10 +125,10 @@ def _job(cfg: DictConfig) -> float:
 
 
 def _data_parallel_job(cfg: DictConfig, base: Path) -> float:
-    """One run on every rank torchrun started (cmift/training/distributed.py): rank 0 claims
+    """One run on every rank torchrun started (cmift/ranks.py): rank 0 claims
     the run directory and names it to the others; only rank 0 writes."""
+    from cmift.ranks import start
     from cmift.runs.rundir import claim_run_dir, release_run_dir
-    from cmift.training.distributed import start
 
     ranks = start()
     run_dir = None

@@ -128,7 +128,7 @@ def _rank_main(rank, world, port, results):
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from cmift.objectives.centroids import Centroids
-    from cmift.training.distributed import RANKS, start
+    from cmift.ranks import RANKS, start
 
     start()
     gen = torch.Generator().manual_seed(0)

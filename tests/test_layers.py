@@ -7,7 +7,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "cmift"
 # bottom to top; a module may import any module of its own layer or a lower one
 LAYERS = [
-    {"cmift.lazy", "cmift.faults", "cmift.data.tasks"},  # faults: the hooks every stage calls
+    # faults: the hooks every stage calls; ranks: this process's place in a data-parallel run
+    {"cmift.lazy", "cmift.faults", "cmift.ranks", "cmift.data.tasks"},
     {"cmift.config"},
     {"cmift.data", "cmift.models", "cmift.objectives", "cmift.tuning"},
     {"cmift.runs", "cmift.loggers"},

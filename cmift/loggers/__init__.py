@@ -13,7 +13,7 @@ from cmift.loggers.base import Logger
 
 
 def build(logger_cfg, run_dir: Path, config: dict) -> Logger:
-    from cmift.training.distributed import RANKS
+    from cmift.ranks import RANKS
 
     name = choice(logger_cfg.name) if RANKS.main else "none"  # data-parallel: rank 0 logs
     if name == "csv":

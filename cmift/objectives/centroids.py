@@ -71,7 +71,7 @@ class Centroids:
 def _over_ranks(sums, counts) -> None:
     """Data-parallel runs: class sums and counts over every rank's examples, so every rank fits
     the same centroids (a mean is unchanged where ranks saw the same examples)."""
-    from cmift.training.distributed import RANKS
+    from cmift.ranks import RANKS
 
     RANKS.sum_(sums)
     RANKS.sum_(counts)

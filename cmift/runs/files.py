@@ -76,7 +76,7 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
     `path`: a kill at any moment leaves the previous complete file, never a torn one. Running
     out of space raises DiskFull (one line), with the previous file untouched. On a
     data-parallel run only rank 0 writes (every rank computes the same state)."""
-    from cmift.training.distributed import RANKS
+    from cmift.ranks import RANKS
 
     if not RANKS.main:
         return

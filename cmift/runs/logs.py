@@ -42,7 +42,7 @@ def setup_logging(folder: Path) -> logging.Logger:
         console.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     handlers = [console]
-    from cmift.training.distributed import RANKS
+    from cmift.ranks import RANKS
 
     if RANKS.main:  # data-parallel: rank 0 keeps run.log; the others say only what goes wrong
         file = logging.FileHandler(folder / LOG_FILE)

@@ -13,8 +13,8 @@ from cmift.data.metrics import cmi_diagnostics, pair_accuracy, task_metrics
 from cmift.data.tasks import GlueTask, split_suffix
 from cmift.data.tokenized import PadCollator, Split, eval_batches
 from cmift.objectives import Outputs
+from cmift.ranks import RANKS
 from cmift.training.device import Forward, to_device
-from cmift.training.distributed import RANKS
 
 
 @dataclass

@@ -22,12 +22,12 @@ from cmift.data.tasks import GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.loggers.base import Logger
 from cmift.objectives import Objective
+from cmift.ranks import RANKS, wrap
 from cmift.runs.files import STEPS_FILE
 from cmift.runs.scores import should_stop
 from cmift.training import checkpoint as ckpt
 from cmift.training.best import BestWeights
 from cmift.training.device import Device, Forward, pin_batch, to_device
-from cmift.training.distributed import RANKS, wrap
 from cmift.training.evaluate import EvalResult, eval_passes, evaluate
 from cmift.training.optim import make_optimizer, make_scheduler, plan_steps
 from cmift.training.progress import TrainProgress

@@ -31,6 +31,7 @@ from cmift.models.backbones import (
     verify_before_loading,
 )
 from cmift.objectives import build as build_objective
+from cmift.ranks import RANKS
 from cmift.runs.files import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -45,7 +46,6 @@ from cmift.runs.predictions import write_predictions, write_test_predictions
 from cmift.runs.record import RunRecord
 from cmift.training import checkpoint as ckpt
 from cmift.training.device import peak_memory_mb, pick_device
-from cmift.training.distributed import RANKS
 from cmift.training.evaluate import predict
 from cmift.training.loop import fit
 from cmift.training.teacher import (

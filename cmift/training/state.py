@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import torch
 
+from cmift.ranks import RANKS
 from cmift.training import checkpoint as ckpt
-from cmift.training.distributed import RANKS
 from cmift.tuning import load_trained_state, trained_state
 
 

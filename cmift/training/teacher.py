@@ -31,6 +31,7 @@ from cmift.data.tokenized import PadCollator, Split, tokenizer_fingerprint
 from cmift.models.backbones import load_model
 from cmift.models.students import keep_layers
 from cmift.objectives.distill import CachedTeacher, LiveTeacher
+from cmift.ranks import RANKS
 from cmift.runs.files import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -42,7 +43,6 @@ from cmift.runs.files import (
 )
 from cmift.runs.rundir import drop_temp_files
 from cmift.training.device import Forward
-from cmift.training.distributed import RANKS
 from cmift.training.evaluate import predict
 
 log = logging.getLogger("cmift")
