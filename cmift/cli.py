@@ -189,8 +189,8 @@ def main() -> None:
     # become one line and exit code 2 here.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _terminate)
-    ranks = os.environ.get("WORLD_SIZE", "1")
-    if ranks != "1" and ({"-m", "--multirun"} & set(sys.argv[1:])):
+    ranks = launched()
+    if ranks > 1 and ({"-m", "--multirun"} & set(sys.argv[1:])):
         # every rank would run the whole sweep; one torchrun trains one run
         _fail(f"-m is not allowed under torchrun (WORLD_SIZE={ranks}): one torchrun trains one "
               "data-parallel run; sweep with one torchrun per job (README: Data-parallel)")

@@ -70,7 +70,9 @@ class Forward:
         self.model, self.device = model, device
         self.inputs = model_kwargs(model)
         self.tap = FeatureTap(model) if features else None
+        # label-token tuning: logits are pair log-odds (read here: the loop may wrap the model)
         self.pair_loss = getattr(model, "pair_loss", False)
+        self.pair_scoring = getattr(model, "pair_scoring", False)
 
     def __call__(self, batch: dict) -> Outputs:
         with self.device.autocast():

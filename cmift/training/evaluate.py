@@ -107,7 +107,7 @@ def evaluate(forward: Forward, task: GlueTask, splits: dict[str, Split], collato
             m = task_metrics(task.metrics, preds, labels)
             m["loss"] = float(torch.nn.functional.nll_loss(log_probs, torch.from_numpy(labels)))
             m.update(cmi_diagnostics(log_probs.numpy(), labels))
-            if getattr(forward.model, "pair_scoring", False):  # label-token tuning
+            if forward.pair_scoring:  # label-token tuning
                 m["pair_accuracy"] = pair_accuracy(logits, labels)
         result.metrics.update({f"{k}{sfx}": v for k, v in m.items()})
         result.predictions[name] = (split.idx, labels, preds, probs)
