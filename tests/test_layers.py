@@ -10,7 +10,8 @@ LAYERS = [
     # faults: the hooks every stage calls; ranks: this process's place in a data-parallel run
     {"cmift.lazy", "cmift.faults", "cmift.ranks", "cmift.data.tasks"},
     {"cmift.config"},
-    {"cmift.data", "cmift.models", "cmift.objectives", "cmift.tuning"},
+    # mixtures: the mixing rules and TaskPGM's energy (NumPy); their training is in training/
+    {"cmift.data", "cmift.models", "cmift.objectives", "cmift.tuning", "cmift.mixtures"},
     {"cmift.runs", "cmift.loggers"},
     {"cmift.training", "cmift.dropout"},  # dropout: the Fisher is a pass over training data
     {"cmift.report"},
@@ -61,7 +62,8 @@ def test_the_config_path_never_imports_torch():
     code = ("import sys; from conftest import compose; "
             "from cmift.config.identity import run_name; from cmift.config.validate import "
             "validate; cfg = compose('objective=ncmi', 'model=tiny'); validate(cfg); "
-            "run_name(cfg, []); print(sorted(m for m in ('torch', 'transformers') "
+            "run_name(cfg, []); m = compose('mixture=taskpgm', 'mixture.tasks=[mrpc,rte]'); "
+            "validate(m); run_name(m, []); print(sorted(m for m in ('torch', 'transformers') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parent)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cmift.config.spec import METHOD_GROUPS, METHODS, UNSET, discover, find
 from cmift.config.validate import leaves
 
-_PATH_OVERRIDES = ("task", "objective", "model", "seed")
+_PATH_OVERRIDES = ("task", "objective", "model", "seed", "mixture.tasks")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
@@ -68,9 +68,12 @@ def identity(cfg: DictConfig, purpose: str = "run") -> dict:
     from cmift.data.tasks import data_fingerprint
 
     reads = _reader(cfg)
+    tasks = mixture_tasks(cfg)
     out: dict = {}
     for key, value, meta in leaves(cfg):
         legacy = meta.get("legacy", UNSET)
+        if tasks and key.startswith("task."):  # a mixture's tasks are mixture.tasks
+            continue
         if (not meta.get("identity", True) or not reads(key)
                 or (purpose == "teacher" and not meta.get("teacher", True))
                 or (legacy is not UNSET and _plain(value) == _plain(legacy))):
@@ -80,13 +83,26 @@ def identity(cfg: DictConfig, purpose: str = "run") -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = _plain(value)
-    out.setdefault("data", {})["fingerprint"] = data_fingerprint(cfg.task.name,
-                                                                 cfg.data.glue_dir)
+    out.setdefault("data", {})["fingerprint"] = (
+        {t: data_fingerprint(t, cfg.data.glue_dir) for t in tasks} if tasks
+        else data_fingerprint(cfg.task.name, cfg.data.glue_dir))
     for group in METHOD_GROUPS:
         spec = find(group, cfg[group].name) if group in cfg else None
         if spec is not None and spec.version != 1 and group in out:
             out[group]["version"] = spec.version
     return out
+
+
+def mixture_tasks(cfg: DictConfig) -> list[str]:
+    """The tasks of a multi-task run (mixture != none), else []."""
+    mixture = cfg.get("mixture")
+    return list(mixture.tasks) if mixture is not None and mixture.name != "none" else []
+
+
+def task_label(cfg: DictConfig) -> str:
+    """What a run trains on, as its directory and record name it: the task, or the mixture's
+    tasks joined by '+' (cola+mrpc+rte)."""
+    return "+".join(mixture_tasks(cfg)) or cfg.task.name
 
 
 def config_hash(cfg: DictConfig, purpose: str = "run") -> str:
@@ -113,7 +129,7 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
             kept.append(o.lstrip("+~"))
     label = ",".join([f"seed={cfg.seed}", *sorted(kept)])
     label = _UNSAFE.sub("_", label)[:120]
-    return f"{cfg.task.name}/{cfg.objective.name}/{cfg.model.name}/{label}-{config_hash(cfg)}"
+    return f"{task_label(cfg)}/{cfg.objective.name}/{cfg.model.name}/{label}-{config_hash(cfg)}"
 
 
 def _run_name_resolver(*, _root_: DictConfig) -> str:

@@ -207,6 +207,17 @@ class DropoutBase:
     name: str = knob("standard", legacy="standard")
 
 
+@dataclass
+class MixtureBase:
+    # how training batches are drawn from several tasks: none (one task, `task=`; every run
+    # before the group) | uniform | size | temperature | taskpgm (cmift/mixtures/)
+    name: str = knob("none", legacy="none")
+    tasks: list[str] = knob([], legacy=[])  # the tasks of a mixture, e.g. [cola,sst2,mrpc,rte]
+    # training examples over all tasks; null = train.epochs x the tasks' training examples
+    budget: Optional[int] = knob(None, optional(POSITIVE_INT, "train.epochs x the tasks' "
+                                                "training examples"), legacy=None)
+
+
 def _importable(cls: type) -> type:
     """Generated classes live in this module (see __getattr__), so that a config pickled for a
     launcher's worker process unpickles there."""
@@ -232,6 +243,7 @@ def schema() -> type:
          field(default=MISSING)),
         ("dropout", _with_namespaces("dropout", DropoutBase), field(default=MISSING)),
         ("tuning", _with_namespaces("tuning", TuningBase), field(default=MISSING)),
+        ("mixture", _with_namespaces("mixture", MixtureBase), field(default=MISSING)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("logger", LoggerConfig, field(default_factory=LoggerConfig)),
@@ -247,7 +259,8 @@ def schema() -> type:
 def __getattr__(name: str):
     if name == "Config":
         return schema()
-    if name in ("ObjectiveConfig", "DistillationConfig", "DropoutConfig", "TuningConfig"):
+    if name in ("ObjectiveConfig", "DistillationConfig", "DropoutConfig", "TuningConfig",
+                "MixtureConfig"):
         return next(f.type for f in fields(schema()) if f.type.__name__ == name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

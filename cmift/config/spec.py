@@ -26,10 +26,10 @@ import pkgutil
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterator, Optional
 
-METHOD_PACKAGES = ("cmift.objectives", "cmift.dropout", "cmift.tuning")
+METHOD_PACKAGES = ("cmift.objectives", "cmift.dropout", "cmift.tuning", "cmift.mixtures")
 # The config groups whose options are methods with specs; their knobs live in namespaces
 # under the group (objective.cmi.lam, distillation.kd.temperature, dropout.guided.p_max).
-METHOD_GROUPS = ("objective", "distillation", "dropout", "tuning")
+METHOD_GROUPS = ("objective", "distillation", "dropout", "tuning", "mixture")
 UNSET = object()  # "no legacy value": the knob existed when run identities were first keyed
 
 

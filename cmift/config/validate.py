@@ -94,8 +94,10 @@ def validate(cfg: DictConfig, overrides: list[str] = ()) -> None:
             spec.check(cfg)
     objective = method("objective", cfg.objective.name)
     distillation = method("distillation", cfg.distillation.name)
+    if cfg.mixture.name != "none":
+        _check_mixture(cfg, objective)
     task = TASKS[cfg.task.name]
-    if task.is_regression and not objective.regression:
+    if task.is_regression and not objective.regression and cfg.mixture.name == "none":
         _require(False, "objective", objective.name,
                  f"a classification objective; task {task.name} is regression (use "
                  "objective=ce)")
@@ -107,3 +109,21 @@ def validate(cfg: DictConfig, overrides: list[str] = ()) -> None:
         _require(distillation.name == "none", "distillation", distillation.name,
                  f"none with objective={objective.name} (use objective=kd or max_cmi_kd to "
                  "distil)")
+
+
+def _check_mixture(cfg: DictConfig, objective) -> None:
+    """What composes with multi-task training: objectives that train each task on its own
+    batches (per-task centroids), full tuning, dropout methods that need no per-task pass."""
+    from cmift.data.tasks import TASKS
+
+    rule = f"with mixture={cfg.mixture.name}"
+    _require(not objective.distils, "objective", objective.name,
+             f"an objective that does not distil {rule} (teachers are single-task)")
+    _require(cfg.tuning.name == "full", "tuning", cfg.tuning.name, f"full {rule}")
+    _require(cfg.dropout.name in ("standard", "none", "gaussian"), "dropout", cfg.dropout.name,
+             f"standard, none or gaussian {rule} (guided rates come from one task's Fisher pass)")
+    for name in cfg.mixture.tasks:
+        if TASKS[name].is_regression and not objective.regression:
+            _require(False, "objective", objective.name,
+                     f"an objective for regression too: mixture.tasks has {name} (regression); "
+                     "use objective=ce or leave it out")

@@ -237,7 +237,11 @@ class FeatureTap:
         import torch
 
         self.value = None
-        if hasattr(model, "pair_features"):  # label-token tuning: every pair's feature, joined
+        if hasattr(model, "task_models"):  # multi-task: the feature of the task just run
+            taps = {name: FeatureTap(m) for name, m in model.task_models.items()}
+            self.handle = model.register_forward_hook(
+                lambda m, i, o: self._keep(m, i, taps[m.active].value))
+        elif hasattr(model, "pair_features"):  # label-token tuning: every pair's feature, joined
             self.handle = model.pair_features.register_forward_hook(self._keep)
         elif hasattr(model, "bert") and getattr(model.bert, "pooler", None) is not None:
             self.handle = model.bert.pooler.register_forward_hook(self._keep)

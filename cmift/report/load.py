@@ -66,15 +66,28 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
                "eval_seconds": m.get("eval_seconds"),
                "train_examples_per_second": m.get("train_examples_per_second")}
         row["dropout_sites"] = (m.get("dropout_setup") or {}).get("sites")  # guided's rates
+        row["mixture"] = m.get("mixture", {}).get("rule", "none") if isinstance(
+            m.get("mixture"), dict) else (m.get("mixture") or "none")
         row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
         chosen = m.get("final" if epoch == "last" else "best") or {}
-        row.update({f"dev.{k}": v for k, v in chosen.items()})
         # the step model/ and the predictions come from (older records: the last)
         row["weights_step"] = m.get("weights_step", (m.get("final") or {}).get("step"))
         same = [e for e in m.get("evals", []) if e.get("step") == chosen.get("step")]
-        if same and "selection" in same[-1]:
-            row["selection.score"] = same[-1]["selection"]["score"]
-        rows.append(row)
+        selection = same[-1].get("selection", {}) if same else {}
+        tasks = (m.get("config", {}).get("mixture") or {}).get("tasks") or []
+        for task in tasks or [None]:  # a multi-task run: one row per task, as single-task rows
+            prefix = f"{task}/" if task else ""
+            one = {**row, "task": task or row["task"]}
+            if task:  # the task's own data fingerprint, as its single-task runs record it
+                fingerprint = m["config"].get("data", {}).get("fingerprint", {}).get(task, {})
+                one = {k: v for k, v in one.items() if not k.startswith("cfg.data.fingerprint.")}
+                one.update({f"cfg.data.fingerprint.{k}": v
+                            for k, v in _flatten(fingerprint).items()})
+            one.update({f"dev.{k[len(prefix):]}": v for k, v in chosen.items()
+                        if k.startswith(prefix) and "/" not in k[len(prefix):]})
+            if f"{prefix}score" in selection:
+                one["selection.score"] = selection[f"{prefix}score"]
+            rows.append(one)
         for e in m.get("evals", []):
             curves.append({"run_dir": row["run_dir"], "step": e["step"], "epoch": e["epoch"],
                            **{f"dev.{k}": v for k, v in e["dev"].items()}})

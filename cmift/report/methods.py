@@ -56,13 +56,15 @@ def _label(first) -> str:
         label += f" +{first['dropout']} dropout"
     if first["tuning"] != "full":
         label += f" +{first['tuning']} tuning"
+    if first.get("mixture", "none") != "none":
+        label += f" ({first['mixture']} mixture)"
     return label
 
 
 def is_baseline(runs: pd.DataFrame) -> pd.Series:
     """The rows of the baseline every method is compared with: ce with standard dropout."""
     return ((runs["objective"] == "ce") & (runs["dropout"] == "standard")
-            & (runs.get("tuning", "full") == "full"))
+            & (runs.get("tuning", "full") == "full") & (runs.get("mixture", "none") == "none"))
 
 
 def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -76,9 +78,10 @@ def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
     runs["dropout"] = runs.get("dropout", pd.Series("standard", index=runs.index)).fillna(
         "standard")
     runs["tuning"] = runs.get("tuning", pd.Series("full", index=runs.index)).fillna("full")
+    runs["mixture"] = runs.get("mixture", pd.Series("none", index=runs.index)).fillna("none")
     runs["method"], runs["setting"] = "", ""
     for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout",
-                                  "tuning"], dropna=False, sort=False):
+                                  "tuning", "mixture"], dropna=False, sort=False):
         first = group.iloc[0]
         tuned = hparam_keys(first["objective"], first["distillation"]) + list(tune)
         short = short_names(tuned)

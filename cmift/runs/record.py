@@ -12,7 +12,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from cmift.config.identity import config_hash, identity
+from cmift.config.identity import config_hash, identity, task_label
 from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, DiskFull, write_json
 from cmift.runs.scores import best_index
 
@@ -51,7 +51,8 @@ class RunRecord:
 
     @staticmethod
     def _header(cfg: DictConfig, folder: Path, overrides: list[str]) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "task": cfg.task.name,
+        return {"schema_version": SCHEMA_VERSION, "task": task_label(cfg),
+                "mixture": cfg.mixture.name if "mixture" in cfg else "none",
                 "model": cfg.model.name, "objective": cfg.objective.name,
                 "distillation": cfg.distillation.name, "dropout": cfg.dropout.name,
                 "tuning": cfg.tuning.name,

@@ -14,7 +14,7 @@ import torch
 from cmift.models.backbones import FeatureTap
 from cmift.objectives import Outputs
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "task")  # task: multi-task
 
 
 @dataclass

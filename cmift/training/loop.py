@@ -80,12 +80,8 @@ class Loop:
         model.train()
         self.forward = Forward(model, device, features=objective.needs_features)
         self.forward.model = wrap(model)  # DDP on a data-parallel run (distributed.py)
-        self.collate = PadCollator(train, pad_id, task.is_regression)
-        self.dev_collate = {k: PadCollator(s, pad_id, task.is_regression) for k, s in dev.items()}
-        self.selection = {"selection": selection} if selection is not None else {}
-        self.selection_collate = {k: PadCollator(s, pad_id, task.is_regression)
-                                  for k, s in self.selection.items()}
-        self.per_epoch, self.total = plan_steps(len(train), self.t)
+        self.setup_data(selection)
+        self.per_epoch, self.total = self.plan()
         optimizer = make_optimizer(model, self.t, device)
         self.state = TrainState(
             model=model, objective=objective, optimizer=optimizer,
@@ -101,6 +97,27 @@ class Loop:
         self.last: Optional[EvalResult] = None
         self.best = BestWeights(run_dir, self.t.keep_best)
         self.saved_step: Optional[int] = None  # the step of this process's last checkpoint
+
+    # ----- the data (a multi-task run replaces these: multitask.py) --------------------------
+    def setup_data(self, selection: Optional[Split]) -> None:
+        regression = self.task.is_regression
+        self.collate = PadCollator(self.train, self.pad_id, regression)
+        self.dev_collate = {k: PadCollator(s, self.pad_id, regression)
+                            for k, s in self.dev.items()}
+        self.selection = {"selection": selection} if selection is not None else {}
+        self.selection_collate = {k: PadCollator(s, self.pad_id, regression)
+                                  for k, s in self.selection.items()}
+
+    def plan(self) -> tuple[int, int]:
+        return plan_steps(len(self.train), self.t)
+
+    def draw_batches(self) -> list[list[int]]:
+        """One epoch's batches, drawn from the run's data-order generator."""
+        return train_batches(self.train.lengths, self.t.batch_size, self.state.generator,
+                             self.t.group_by_length)
+
+    def eval_examples(self) -> int:
+        return sum(len(split) for split in [*self.dev.values(), *self.selection.values()])
 
     # ----- the run ------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -186,17 +203,16 @@ class Loop:
     def epoch_batches(self) -> list[list[int]]:
         """This epoch's batches: drawn anew at an epoch's start, or, when resuming inside an
         epoch, drawn again from the generator state saved before its shuffle."""
-        s, t = self.state, self.t
+        s = self.state
         if s.position == 0:
             s.epoch += 1
             s.epoch_generator = s.generator.get_state()
-            batches = train_batches(self.train.lengths, t.batch_size, s.generator,
-                                    t.group_by_length)
+            batches = self.draw_batches()
             self.objective_passes(s.objective.on_epoch_start, s.epoch)
             return batches
         after = s.generator.get_state()
         s.generator.set_state(s.epoch_generator)
-        batches = train_batches(self.train.lengths, t.batch_size, s.generator, t.group_by_length)
+        batches = self.draw_batches()
         s.generator.set_state(after)
         return batches
 
@@ -320,8 +336,7 @@ class Loop:
         start = time.perf_counter()
         self.last, selection = self.evaluate_dev()
         s.timing["eval_seconds"] += time.perf_counter() - start
-        s.timing["eval_examples"] += sum(len(split) for split in
-                                         [*self.dev.values(), *self.selection.values()])
+        s.timing["eval_examples"] += self.eval_examples()
         entry = {"step": s.step, "epoch": round(s.step / self.per_epoch, 4),
                  "dev": self.last.metrics}
         if selection is not None:

@@ -98,6 +98,10 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
     transformers.utils.logging.disable_progress_bar()
     task, teacher = TASKS[cfg.task.name], None
     verify_before_loading(cfg.model)  # a wrong file fails now, not after minutes of data work
+    if cfg.mixture.name != "none":  # several tasks, one shared encoder
+        from cmift.training.multitask import train_mixture
+
+        return train_mixture(cfg, device, run_dir, record, run, prepare_data)
     if method("objective", cfg.objective.name).distils:
         teacher = ensure_teacher(cfg, run)
         setup_logging(run_dir)  # the teacher stage logged into its own run directory
