@@ -39,3 +39,14 @@ def split_section(text: str, heading: str) -> tuple[str, str | None, str]:
 def write_report(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(text))
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    """Put `text` (a section starting with `heading`) in place of that section of the report at
+    `path`, or append it; the rest of the file is left as it is."""
+    old = path.read_text() if path.is_file() else "# cmift performance\n"
+    before, section, after = split_section(old, heading)
+    if section is None:
+        write_report(path, old.rstrip("\n") + "\n\n" + text)
+    else:
+        write_report(path, before + text + after)

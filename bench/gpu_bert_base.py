@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
+from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, replace_section
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (TFLOP/s, without sparsity).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
@@ -54,16 +54,6 @@ def write_random_bert_base(folder: Path, layers: int) -> dict:
     total = sum(p.numel() for p in model.parameters())
     return {"layers": layers, "hidden": config.hidden_size, "params": total,
             "non_embedding_params": total - embeddings}
-
-
-def replace_section(path: Path, text: str) -> None:
-    """Put `text` in place of the GPU section of `path` (or append it)."""
-    old = path.read_text() if path.is_file() else "# cmift performance\n"
-    before, section, after = split_section(old, SECTION)
-    if section is None:
-        write_report(path, old.rstrip("\n") + "\n\n" + text)
-    else:
-        write_report(path, before + text + after)
 
 
 def main() -> None:
@@ -127,7 +117,7 @@ def main() -> None:
                       "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""])
     print(text)
     if cuda:
-        replace_section(Path(args.out), text)
+        replace_section(Path(args.out), SECTION, text)
     else:
         print(f"(no CUDA device: {args.out} left unchanged)")
 

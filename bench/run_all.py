@@ -25,6 +25,7 @@ from pathlib import Path
 from statistics import median
 
 from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
+from cpu_limit import measure as cpu_limit
 from gpu_bert_base import SECTION as GPU_SECTION
 from summarize_runs import make_runs
 
@@ -326,7 +327,8 @@ def main() -> None:
                       f"step {result['step_ms']:5.0f} ms, eval {result['eval_eps']:6.1f} ex/s, "
                       f"RSS {result['rss_mb']:.0f} MB", flush=True)
     out = Path(args.out)
-    text = report(args, MEASUREMENTS, cli, summary) + "\n" + gpu_section(out)
+    print("the CPU's limit: GEMM rate, achieved FLOP/s, one step's profile ...", flush=True)
+    text = "\n".join([report(args, MEASUREMENTS, cli, summary), cpu_limit(args), gpu_section(out)])
     write_report(out, text)
     print(text)
 

@@ -254,7 +254,8 @@ def table_main(argv: list[str] | None = None) -> None:
     if not result["runs"]:
         _fail(f"no metrics.json under {', '.join(args.folders)}")
     for title, frame in (("GLUE dev", result["glue"]), ("difference to ce, paired by seed",
-                                                          result["delta"])):
+                                                          result["delta"]),
+                         ("mixtures: proportion of batches per task", result.get("mixtures"))):
         if frame is None or frame.empty:
             continue
         table = Table(title=title, show_lines=False)

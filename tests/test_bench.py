@@ -7,7 +7,8 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from gpu_bert_base import peak_tflops, replace_section  # noqa: E402
+from benchlib import replace_section  # noqa: E402
+from gpu_bert_base import peak_tflops  # noqa: E402
 from run_all import gpu_section  # noqa: E402
 
 REPORT = "# cmift performance\n\n## Goals\n\ngoals\n\n## GPU\n\nold gpu\n\n## Later\n\nlater\n"
@@ -16,14 +17,14 @@ REPORT = "# cmift performance\n\n## Goals\n\ngoals\n\n## GPU\n\nold gpu\n\n## La
 def test_gpu_run_replaces_only_its_section(tmp_path):
     path = tmp_path / "PERFORMANCE.md"
     path.write_text(REPORT)
-    replace_section(path, "## GPU\n\nnew gpu\n")
+    replace_section(path, "## GPU", "## GPU\n\nnew gpu\n")
     assert path.read_text() == REPORT.replace("old gpu", "new gpu")
 
 
 def test_gpu_section_is_appended_when_missing(tmp_path):
     path = tmp_path / "PERFORMANCE.md"
     path.write_text("# cmift performance\n\n## Goals\n\ngoals\n")
-    replace_section(path, "## GPU\n\nnew gpu\n")
+    replace_section(path, "## GPU", "## GPU\n\nnew gpu\n")
     assert path.read_text().endswith("goals\n\n## GPU\n\nnew gpu\n")
 
 

@@ -180,3 +180,39 @@ def _one_step_cmi(objective_name, lam):
 def test_one_step_of_min_cmi_lowers_and_max_cmi_raises_batch_cmi():
     after_ce = _one_step_cmi("ce", 0.0)
     assert _one_step_cmi("min_cmi", 5.0) < after_ce < _one_step_cmi("max_cmi", 5.0)
+
+
+def test_init_samples_is_a_seeded_sample_and_the_pass_reads_exactly_it():
+    """objective.cmi.init_samples: a sample drawn from its own generator with the run's seed
+    (never the run's random streams), in order; every example when it covers them all. The
+    pass over a sample is the pass over a split holding only those examples."""
+    from cmift.data.tokenized import PadCollator, Split
+    from cmift.models.backbones import load_model
+    from cmift.training.device import Device, Forward
+    from cmift.training.evaluate import eval_passes, sample_examples
+
+    state = torch.random.get_rng_state()
+    a, b = sample_examples(100, 16, 7), sample_examples(100, 16, 8)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert len(a) == 16 and (np.diff(a) > 0).all() and not np.array_equal(a, b)
+    assert np.array_equal(a, sample_examples(100, 16, 7))
+    assert sample_examples(100, None, 7) is None and sample_examples(100, 100, 7) is None
+
+    g = np.random.default_rng(0)
+    ids = [g.integers(5, 100, size=g.integers(4, 12)) for _ in range(40)]
+    split = Split(ids, None, g.integers(0, 2, size=40), np.arange(40))
+    cfg = compose("model=tiny").model
+    model = load_model(cfg, 2, False, 100).eval()
+    forward = Forward(model, Device(torch.device("cpu"), None), features=False)
+    chosen = sample_examples(40, 12, 3)
+    got = {}
+    for out, labels, indices in eval_passes(forward, split, PadCollator(split, 0, False), 5,
+                                            chosen):
+        for row, i in enumerate(indices):
+            got[i] = (out.logits[row], int(labels[row]))
+    assert sorted(got) == chosen.tolist()
+    alone = Split([ids[i] for i in chosen], None, split.labels[chosen], chosen)
+    for out, labels, indices in eval_passes(forward, alone, PadCollator(alone, 0, False), 5):
+        for row, i in enumerate(indices):
+            assert torch.allclose(out.logits[row], got[int(chosen[i])][0], atol=1e-5)
+            assert int(labels[row]) == got[int(chosen[i])][1]

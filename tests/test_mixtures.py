@@ -227,3 +227,5 @@ def test_taskpgm_reuses_single_task_runs_which_are_table_rows(fake_glue, tmp_pat
     assert len(runs[runs["mixture"] == "taskpgm"]) == 4  # 2 runs x 2 tasks
     glue = (tmp_path / "o" / "tables" / "glue.md").read_text()
     assert "(taskpgm mixture)" in glue and "tiny ce " in glue
+    mixtures = (tmp_path / "o" / "tables" / "mixtures.md").read_text()
+    assert "tiny ce taskpgm (jsd)" in mixtures and "tiny ce taskpgm (pmi)" in mixtures

@@ -30,9 +30,10 @@ class Outputs:
     pair_loss: bool = False
 
 
-# `passes(limit, train_mode=False)` yields (Outputs, labels) for the first `limit` training
-# examples (all when None), without gradients, in eval mode (or train mode: dropout on, drawing
-# from the global stream, which the caller must fork): what an objective's state is fit to.
+# `passes(limit, train_mode=False)` yields (Outputs, labels) for `limit` training examples (a
+# sample seeded by the run's seed, the same every time; all when None), without gradients, in
+# eval mode (or train mode: dropout on, drawing from the global stream, which the caller must
+# fork): what an objective's state is fit to.
 Passes = Callable[..., Iterable[tuple[Outputs, Any]]]
 
 

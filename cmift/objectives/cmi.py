@@ -84,7 +84,8 @@ class CMIKnobs:
     centroid_update: CentroidUpdate = CentroidUpdate.ema
     centroid_mode: CentroidMode = knob(CentroidMode.eval, legacy=CentroidMode.eval)
     momentum: float = knob(0.99, between(0, 1, hi_open=True))
-    # examples in the init pass; null = the whole train set
+    # examples in the init pass, a sample drawn with the run's seed (its own generator); null =
+    # the whole train set
     init_samples: Optional[int] = knob(None, optional(POSITIVE_INT, "the whole train set"))
 
 
@@ -119,7 +120,7 @@ class CentroidPasses:
 
     def fit(self, centroids_for, log_r, passes: Passes, limit) -> None:
         """Fit the centroids made by `centroids_for(K, device)` to the class means of
-        exp(log_r(outputs)) over the first `limit` training examples (streamed)."""
+        exp(log_r(outputs)) over `limit` training examples (a seeded sample; streamed)."""
         stream = own_random_stream(self.seed * 1_000_003 + self.done)
         with stream if self.train_mode else nullcontext():
             pairs = ((log_r(out).exp(), y) for out, y in passes(limit, self.train_mode))

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cmift.report.load import load_runs
 from cmift.report.methods import add_methods, selected_on
+from cmift.report.mixtures import mixture_table
 from cmift.report.plots import write_plots
 from cmift.report.tables import best_cells, delta_table, glue_table, to_markdown
 from cmift.runs.files import write_text
@@ -56,6 +57,10 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
     if not delta.empty:
         lines += ["Paired difference to ce (same model, data, recipe and seed; points; mean "
                   "[95% t interval], wins/losses):", "", delta.to_markdown(), ""]
+    mixtures = mixture_table([str(study)])
+    if not mixtures.empty:
+        lines += ["Mixtures trained with (proportion of training batches per task, mean±std "
+                  "over seeds):", "", mixtures.to_markdown(), ""]
     lines += [f"![{p.stem}]({p.relative_to(doc_dir).as_posix()})" for p in made
               if p.suffix == ".png"]
     return "\n".join(lines) + "\n"

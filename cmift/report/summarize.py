@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cmift.report.load import load_runs
 from cmift.report.methods import add_methods, selected_on
+from cmift.report.mixtures import mixture_table
 from cmift.report.tables import best_cells, delta_table, glue_table, to_latex, to_markdown
 from cmift.runs.files import atomic_write, write_text
 
@@ -46,8 +47,10 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
     atomic_write(out / "runs.csv", lambda f: runs.to_csv(f, index=False))
     glue, means = glue_table(runs)
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
-              "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce")}
-    text = rules(epoch, selected_on(runs))
+              "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce"),
+              "mixtures": (mixture_table(folders), None, "Multi-task mixtures")}
+    text = {**rules(epoch, selected_on(runs)),
+            "mixtures": "Proportion of training batches per task, mean±std over seeds (n)."}
     files = [out / "runs.csv"]
     for name, (frame, mask, caption) in tables.items():
         if frame.empty:
@@ -67,4 +70,4 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
 
         files += write_plots(runs, curves, out / "plots")
     return {"runs": len(runs), "files": files, "glue": glue, "delta": tables["delta_vs_ce"][0],
-            "rule": text["glue"]}
+            "mixtures": tables["mixtures"][0], "rule": text["glue"]}

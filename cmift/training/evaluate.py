@@ -24,10 +24,11 @@ class EvalResult:
 
 
 def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_size: int,
-                limit: Optional[int] = None, inference: bool = False, train_mode: bool = False,
+                examples: Optional[np.ndarray] = None, inference: bool = False,
+                train_mode: bool = False,
                 progress: Optional[Callable] = None, shard: bool = False
                 ) -> Iterator[tuple[Outputs, torch.Tensor, list]]:
-    """(Outputs, labels, indices) over the first `limit` examples of `split` in eval mode and
+    """(Outputs, labels, indices) over `examples` of `split` (all when None) in eval mode and
     without gradients; batches are length-sorted. Dropout is off, so no random numbers are drawn:
     these passes never change a run's random stream. `train_mode=True` keeps dropout on (its
     masks come from the global stream: the caller forks it). `progress(advance)` hears of each
@@ -44,7 +45,11 @@ def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_siz
     model.train(train_mode)
     grad_off = torch.inference_mode if inference else torch.no_grad
     try:
-        batches = list(eval_batches(split.lengths[:limit], batch_size))
+        if examples is None:
+            batches = eval_batches(split.lengths, batch_size)
+        else:
+            batches = [[int(examples[i]) for i in b]
+                       for b in eval_batches(split.lengths[examples], batch_size)]
         if shard and len(batches) >= RANKS.world:
             batches = RANKS.shard(batches)
         for indices in batches:
@@ -57,6 +62,15 @@ def eval_passes(forward: Forward, split: Split, collator: PadCollator, batch_siz
             yield outputs, batch["labels"], indices
     finally:
         model.train(was_training)
+
+
+def sample_examples(n: int, limit: Optional[int], seed) -> Optional[np.ndarray]:
+    """`limit` of `n` examples drawn without replacement from their own generator (seeded by
+    `seed`: never the run's random streams), in order; None (every example) when limit is None
+    or covers them all."""
+    if limit is None or limit >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def predict(forward: Forward, split: Split, collator: PadCollator, batch_size: int,

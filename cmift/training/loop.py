@@ -28,7 +28,7 @@ from cmift.runs.scores import should_stop
 from cmift.training import checkpoint as ckpt
 from cmift.training.best import BestWeights
 from cmift.training.device import Device, Forward, pin_batch, to_device
-from cmift.training.evaluate import EvalResult, eval_passes, evaluate
+from cmift.training.evaluate import EvalResult, eval_passes, evaluate, sample_examples
 from cmift.training.optim import make_optimizer, make_scheduler, plan_steps
 from cmift.training.progress import TrainProgress
 from cmift.training.state import TrainState
@@ -378,12 +378,14 @@ class Loop:
         self.state.timing["pass_seconds"] += seconds
 
     def train_passes(self, limit: Optional[int], train_mode: bool = False):
-        """The objective's no-grad passes over the first `limit` training examples."""
-        total = len(self.train) if limit is None else min(limit, len(self.train))
+        """The objective's no-grad passes over `limit` training examples (a sample seeded by
+        the run's seed, the same in every pass; all of them when None)."""
+        examples = sample_examples(len(self.train), limit, self.cfg.seed)
+        total = len(self.train) if examples is None else len(examples)
         with self.progress.pass_shown("objective pass over train", total) as advance:
             # sharded on a data-parallel run: the objective combines the ranks (centroids.py)
             for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
-                                                  self.t.eval_batch_size, limit,
+                                                  self.t.eval_batch_size, examples,
                                                   train_mode=train_mode, progress=advance,
                                                   shard=True):
                 yield outputs, labels

@@ -27,7 +27,7 @@ from cmift.data.tasks import TASKS, GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.mixtures.rules import proportions
 from cmift.objectives import Objective, Outputs
-from cmift.training.evaluate import EvalResult, eval_passes, evaluate
+from cmift.training.evaluate import EvalResult, eval_passes, evaluate, sample_examples
 from cmift.training.loop import Loop
 
 log = logging.getLogger("cmift")
@@ -175,12 +175,13 @@ class MixtureLoop(Loop):
                    [*d.dev.values(), *([d.selection] if d.selection is not None else [])])
 
     def train_passes(self, limit: Optional[int], train_mode: bool = False, task: int = 0):
-        """Task `task`'s no-grad passes over its first `limit` training examples."""
+        """Task `task`'s no-grad passes over `limit` of its training examples (seeded)."""
         part = self.parts[task]
-        total = len(part.train) if limit is None else min(limit, len(part.train))
+        examples = sample_examples(len(part.train), limit, [self.cfg.seed, task])
+        total = len(part.train) if examples is None else len(examples)
         with self.progress.pass_shown(f"objective pass over {part.name}", total) as advance:
             for outputs, labels, _ in eval_passes(self.forward, part.train, self.collators[task],
-                                                  self.t.eval_batch_size, limit,
+                                                  self.t.eval_batch_size, examples,
                                                   train_mode=train_mode, progress=advance,
                                                   shard=True):
                 yield outputs, labels
