@@ -8,10 +8,11 @@ achieves, and where one training step's time goes.
   as bench/gpu_bert_base.py counts: per padded token 6 N_nonembedding + 12 L s d (attention
   scores and mixing), over the run's padded tokens and training seconds.
 - Profile: the same step (forward, loss, backward, clipping, fused AdamW, the next batch's
-  padding) under torch.profiler for a few steps after a warm-up: GEMMs (mm / addmm / bmm self
-  time), attention (scaled_dot_product kernels, forward and backward), the optimizer step, the
-  data (padding and collation), other operators, and Python / dispatch overhead (the step's
-  wall time that no operator accounts for).
+  padding) under torch.profiler for a few steps after a warm-up, by operator self time: the
+  linear layers' GEMMs (mm, addmm), attention (bmm and softmax: with a padding mask SDPA takes
+  its math path on the CPU), dropout masks, the optimizer, other operators, the data (padding
+  and collation, its own clock) and Python / dispatch overhead (the step's wall time that no
+  operator accounts for).
 
   python bench/cpu_limit.py --glue-dir ../shared/glue [--samples 1024]
 """
@@ -102,17 +103,19 @@ def achieved(args, info: dict) -> dict:
             "examples_per_second": r["train_examples_per_second"]}
 
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
-
-
 def category(op: str) -> str:
-    if op in GEMM_OPS:
-        return "GEMMs (mm, addmm, bmm)"
-    if "scaled_dot_product" in op:
-        return "attention kernels (scaled_dot_product, forward and backward)"
-    if "adam" in op.lower():
-        return "optimizer (fused AdamW)"
-    return "other operators (layer norm, GELU, softmax, dropout, copies, ...)"
+    """An operator's share of the step. With a padding mask, SDPA on the CPU takes its math path:
+    the scores and the mixing are bmm, the weights a softmax."""
+    if op in ("aten::mm", "aten::addmm"):
+        return "linear-layer GEMMs (mm, addmm)"
+    if op in ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data") or \
+            "scaled_dot_product" in op:
+        return "attention (bmm, softmax; forward and backward)"
+    if op == "aten::bernoulli_":
+        return "dropout masks (bernoulli_)"
+    if "adam" in op.lower() or "zero_grad" in op:
+        return "optimizer (fused AdamW, zero_grad)"
+    return "other operators (layer norm, GELU, dropout scaling, copies, ...)"
 
 
 def profile_step(model, collate, batches, warmup: int = 3, steps: int = 5) -> dict:
@@ -145,7 +148,7 @@ def profile_step(model, collate, batches, warmup: int = 3, steps: int = 5) -> di
         wall = time.perf_counter() - start
     spent: dict[str, float] = {}
     for event in prof.key_averages():
-        if event.key.startswith("aten::") or "adam" in event.key.lower():
+        if event.key.startswith(("aten::", "Optimizer.zero_grad")):
             key = category(event.key)
             spent[key] = spent.get(key, 0.0) + event.self_cpu_time_total / 1e6
     # padding runs in NumPy and torch.from_numpy (no operator time to speak of): its own clock

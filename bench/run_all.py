@@ -50,6 +50,8 @@ MEASUREMENTS = [
     Measurement("cmift min_cmi, output space", "cmift",
                 ["objective=min_cmi", "objective.cmi.space=output"]),
     Measurement("cmift min_cmi, feature space", "cmift", ["objective=min_cmi"]),
+    Measurement("cmift min_cmi, feature space, whole-set init", "cmift",
+                ["objective=min_cmi", "objective.cmi.init_samples=null"]),
     Measurement("kd student, cached teacher logits", "student", ["objective=kd"]),
     Measurement("kd student, live teacher", "student",
                 ["objective=kd", "distillation.teacher_logits=live"]),
@@ -198,10 +200,14 @@ def goal_rows(by_name: dict[str, Measurement], cli: dict, summary: dict) -> list
         over = 100 * (step(f"cmift min_cmi, {space} space") / step("cmift ce") - 1)
         add(f"min_cmi ({space} space) step-time overhead vs ce (steps {WARMUP_STEPS + 1}+)",
             f"{over:+.1f}%", f"<= {limit}%", over <= limit)
-    for space in ("output", "feature"):
+    for space in ("output", "feature"):  # the init pass at its default, a 128-example sample
         total = 100 * (eps("cmift ce") / eps(f"cmift min_cmi, {space} space") - 1)
-        rows.append([f"min_cmi ({space} space) whole-run time vs ce, centroid init pass included",
-                     f"{total:+.1f}%", "(for reference)", ""])
+        add(f"min_cmi ({space} space) whole-run time vs ce, centroid init pass included",
+            f"{total:+.1f}%", "<= +10%", total <= 10)
+    total = 100 * (eps("cmift ce") / eps("cmift min_cmi, feature space, whole-set init") - 1)
+    rows.append(["min_cmi (feature space) whole-run time vs ce, init over the whole training "
+                 "set (init_samples=null, the papers' and the studies' pass)",
+                 f"{total:+.1f}%", "(for reference)", ""])
     def tokens_per_second(name):  # padded tokens: the work, whatever the batches' make-up
         return median(r["train_eps"] * r["tokens"] for r in by_name[name].results)
 
@@ -264,8 +270,9 @@ def report(args, measurements, cli, summary) -> str:
         f"optimiser steps), dynamic padding everywhere, fp32. {args.rounds} rounds; one process "
         "per measurement; odd rounds run the rows top to bottom, even rounds bottom to top. "
         "Training time excludes model loading and tokenization and includes the objective's "
-        "no-grad passes (min_cmi's centroid initialisation over the training set, shown "
-        "separately; step time excludes it). The step time after the first "
+        "no-grad passes (min_cmi's centroid initialisation: by default over a seeded sample of "
+        "128 training examples, `objective.cmi.init_samples`; the whole-set row passes over "
+        "all of them; shown separately; step time excludes it). The step time after the first "
         f"{WARMUP_STEPS} steps, from the steps' time stamps in steps.jsonl, leaves out one-time "
         "set-up costs (which min_cmi pays in its init pass, before its first step); the min_cmi "
         "goals use it. Evaluation is the whole MRPC dev set (408 "

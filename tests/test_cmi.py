@@ -216,3 +216,12 @@ def test_init_samples_is_a_seeded_sample_and_the_pass_reads_exactly_it():
         for row, i in enumerate(indices):
             assert torch.allclose(out.logits[row], got[int(chosen[i])][0], atol=1e-5)
             assert int(labels[row]) == got[int(chosen[i])][1]
+
+
+@pytest.mark.parametrize("study", ["min_cmi_vs_ce", "max_cmi_kd_vs_kd", "ncmi_vs_ce",
+                                   "paper_min_cmi", "paper_max_cmi_kd"])
+def test_the_studies_keep_the_papers_full_centroid_init(study):
+    """A run's default init pass reads a 128-example sample; the paper studies read the whole
+    training set, as the papers do (and as their committed records did)."""
+    assert compose("objective=min_cmi").objective.cmi.init_samples == 128
+    assert compose(f"experiment={study}").objective.cmi.init_samples is None

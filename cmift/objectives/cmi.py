@@ -85,8 +85,10 @@ class CMIKnobs:
     centroid_mode: CentroidMode = knob(CentroidMode.eval, legacy=CentroidMode.eval)
     momentum: float = knob(0.99, between(0, 1, hi_open=True))
     # examples in the init pass, a sample drawn with the run's seed (its own generator); null =
-    # the whole train set
-    init_samples: Optional[int] = knob(None, optional(POSITIVE_INT, "the whole train set"))
+    # the whole train set (the papers' pass; the studies under conf/experiment/ keep it). 128:
+    # the pass costs a few seconds instead of a third of an epoch's steps (docs/PERFORMANCE.md),
+    # and the EMA moves the centroids from the first step on
+    init_samples: Optional[int] = knob(128, optional(POSITIVE_INT, "the whole train set"))
 
 
 # version 2: log r from log_softmax, not log(clamp(softmax)) (the gradient under the clamp)
