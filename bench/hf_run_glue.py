@@ -5,6 +5,13 @@ read from the same GLUE TSV files (cmift's reader gives raw text only; tokenizat
 model and metrics are the Trainer's / scikit-learn's own), and the recipe is run_glue's:
 max length 128, batch 32, lr 2e-5, linear decay, 3 epochs, dynamic padding.
 
+For the study-cost bench it also runs the paper's objectives the way a Trainer user would: a
+Trainer subclass whose compute_loss adds the CMI term (`--objective min_cmi|max_cmi --lam`;
+centroids from a no-grad pass over the whole training set, then an EMA, as the papers describe)
+or distils from a teacher folder run on every batch (`--objective kd --teacher DIR`, the student
+every other layer of the backbone). The loss maths is cmift's own functions, so both sides do
+the same arithmetic; `--save DIR` keeps the trained model (a teacher).
+
   python bench/hf_run_glue.py --task mrpc --glue-dir ../shared/glue --seed 42 --out hf.json
 """
 
@@ -56,6 +63,12 @@ def main() -> None:
                     help="evaluate on dev after every epoch, once after training, or never")
     ap.add_argument("--group-by-length", action="store_true",
                     help="Trainer's length-grouped sampler (off in the run_glue recipe)")
+    ap.add_argument("--objective", choices=["ce", "min_cmi", "max_cmi", "kd"], default="ce")
+    ap.add_argument("--lam", type=float, default=0.1, help="CMI weight (min_cmi, max_cmi)")
+    ap.add_argument("--teacher", help="kd: the teacher's saved model folder")
+    ap.add_argument("--temperature", type=float, default=2.0, help="kd: T")
+    ap.add_argument("--alpha", type=float, default=0.5, help="kd: weight of the KD term")
+    ap.add_argument("--save", help="save the trained model here (a teacher for kd)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -86,6 +99,10 @@ def main() -> None:
     data = raw.map(encode, batched=True, remove_columns=cols + ["idx"])
     set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels)
+    if args.objective == "kd":  # the student: every other layer of the backbone
+        from cmift.models.students import keep_layers
+
+        model, _ = keep_layers(model, None)
 
     def compute_metrics(p):
         preds = np.argmax(p.predictions, axis=-1)
@@ -109,12 +126,18 @@ def main() -> None:
             counter.add(batch)
             return batch
 
-        trainer = Trainer(model=model, args=targs, train_dataset=data["train"],
-                          eval_dataset=data["validation"], compute_metrics=compute_metrics,
-                          data_collator=collate, callbacks=[counter])
+        trainer_class = Trainer if args.objective == "ce" else objective_trainer(Trainer)
+        extra = {} if args.objective == "ce" else {"options": args, "padder": padder}
+        trainer = trainer_class(model=model, args=targs, train_dataset=data["train"],
+                                eval_dataset=data["validation"], compute_metrics=compute_metrics,
+                                data_collator=collate, callbacks=[counter], **extra)
         start = time.perf_counter()
+        if args.objective in ("min_cmi", "max_cmi"):
+            trainer.fit_centroids(data["train"])
         train_out = trainer.train()
         seconds = time.perf_counter() - start
+        if args.save:
+            trainer.save_model(args.save)
         train_tokens = counter.tokens
         dev = {} if args.eval == "none" else trainer.evaluate()
     result = {"peer": "hf_trainer", "task": args.task, "seed": args.seed,
@@ -128,6 +151,72 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def objective_trainer(base):
+    """A Trainer whose loss is CE + lam CMI (min_cmi), CE - lam CMI (max_cmi) or KD from a live
+    teacher: what a user adds to the Trainer for the paper's runs."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from cmift.models.backbones import FeatureTap
+    from cmift.objectives import Outputs
+    from cmift.objectives.cmi import CMIKnobs
+    from cmift.objectives.cmi_terms import FeatureMap, batch_cmi
+    from cmift.objectives.distill import kd_terms
+
+    class ObjectiveTrainer(base):
+        def __init__(self, *a, options, padder, **kw):
+            super().__init__(*a, **kw)
+            self.options, self.padder = options, padder
+            self.features = FeatureMap(OmegaConf.structured(CMIKnobs))
+            self.tap = FeatureTap(self.model) if options.objective != "kd" else None
+            self.q = None
+            if options.objective == "kd":
+                from transformers import AutoModelForSequenceClassification
+
+                self.teacher = AutoModelForSequenceClassification.from_pretrained(
+                    options.teacher).eval()
+
+        def fit_centroids(self, train) -> None:
+            """Class means of r over the whole training set (no grad, eval mode)."""
+            loader = torch.utils.data.DataLoader(train, batch_size=128, collate_fn=self.padder)
+            sums, counts = None, None
+            self.model.eval()
+            with torch.no_grad():
+                for batch in loader:
+                    labels = batch.pop("labels")
+                    out = self.model(**batch)
+                    r = self.features.log_r(Outputs(out.logits, self.tap.value)).exp()
+                    if sums is None:
+                        sums = torch.zeros(int(labels.max()) + 2, r.shape[-1])
+                        counts = torch.zeros(len(sums))
+                    sums.index_add_(0, labels, r)
+                    counts.index_add_(0, labels, torch.ones(len(labels)))
+            self.model.train()
+            self.q = sums / counts.clamp(min=1)[:, None]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            z = out.logits
+            o = self.options
+            if o.objective == "kd":
+                with torch.no_grad():
+                    v = self.teacher(**inputs).logits
+                loss = kd_terms(z, v, labels, o.temperature, o.alpha)["loss"]
+            else:
+                ce = torch.nn.functional.cross_entropy(z, labels)
+                log_r = self.features.log_r(Outputs(z, self.tap.value))
+                cmi = batch_cmi(log_r, labels, self.q)
+                loss = ce + (o.lam if o.objective == "min_cmi" else -o.lam) * cmi
+                with torch.no_grad():  # the EMA step of the centroids
+                    r = log_r.detach().exp()
+                    for c in labels.unique():
+                        self.q[c] = 0.99 * self.q[c] + 0.01 * r[labels == c].mean(0)
+            return (loss, out) if return_outputs else loss
+
+    return ObjectiveTrainer
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """`make bench`: every performance measurement of cmift, written to docs/PERFORMANCE.md.
 
+Also the CPU's limit (bench/cpu_limit.py) and a whole study's cost (bench/study_cost.py); the
+GPU section (bench/gpu_bert_base.py, on a CUDA machine) is kept as it is.
+
 Training measurements run one process each, in alternating order (odd rounds in list order,
 even rounds reversed), all on the same model (minilm_l6), data (real MRPC train, first N
 examples), batch size 32, max length 128 and number of steps (one epoch). Each process reports
@@ -27,6 +30,7 @@ from statistics import median
 from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
 from cpu_limit import measure as cpu_limit
 from gpu_bert_base import SECTION as GPU_SECTION
+from study_cost import measure as study_cost
 from summarize_runs import make_runs
 
 
@@ -335,7 +339,10 @@ def main() -> None:
                       f"RSS {result['rss_mb']:.0f} MB", flush=True)
     out = Path(args.out)
     print("the CPU's limit: GEMM rate, achieved FLOP/s, one step's profile ...", flush=True)
-    text = "\n".join([report(args, MEASUREMENTS, cli, summary), cpu_limit(args), gpu_section(out)])
+    limit = cpu_limit(args)
+    print("a study's cost: the MRPC slice by cmift -m and by Trainer scripts ...", flush=True)
+    text = "\n".join([report(args, MEASUREMENTS, cli, summary), limit, study_cost(args),
+                      gpu_section(out)])
     write_report(out, text)
     print(text)
 
