@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
 
 import numpy as np
 
@@ -27,7 +26,6 @@ from cmift.config.spec import (
     register,
     register_knobs,
 )
-from cmift.mixtures import taskpgm
 
 
 class Divergence(str, Enum):
@@ -85,9 +83,9 @@ register(
 )
 
 
-def proportions(rule: str, sizes: list[int], knobs=None,
-                affinity: Optional[np.ndarray] = None) -> np.ndarray:
-    """p over the tasks (in `mixture.tasks` order) for a rule; taskpgm needs `affinity`."""
+def proportions(rule: str, sizes: list[int], knobs=None) -> np.ndarray:
+    """p over the tasks (in `mixture.tasks` order) for a rule that reads only their sizes
+    (taskpgm's p is taskpgm.solve's, over the task affinities)."""
     n = np.asarray(sizes, dtype=np.float64)
     if rule == "uniform":
         return np.full(len(n), 1.0 / len(n))
@@ -96,7 +94,4 @@ def proportions(rule: str, sizes: list[int], knobs=None,
     if rule == "temperature":
         w = n ** (1.0 / float(knobs.t))
         return w / w.sum()
-    if rule == "taskpgm":
-        return taskpgm.solve(affinity, float(knobs.beta), float(knobs.lam),
-                             float(knobs.ridge)).p
     raise ValueError(f"no proportions for mixture {rule!r}")

@@ -29,11 +29,6 @@ class MultiTaskModel(nn.Module):
         self.inputs = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids")
                             if k in params)
 
-    @property
-    def encoder(self) -> nn.Module:
-        first = self.task_models[self.names[0]]
-        return getattr(first, first.base_model_prefix)
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, task=None):
         """Task `task`'s (an index into `names`; a 0-d or 1-d tensor) classifier on the batch."""
         self.active = self.names[int(task.reshape(-1)[0]) if torch.is_tensor(task) else task]

@@ -66,8 +66,8 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
                "eval_seconds": m.get("eval_seconds"),
                "train_examples_per_second": m.get("train_examples_per_second")}
         row["dropout_sites"] = (m.get("dropout_setup") or {}).get("sites")  # guided's rates
-        row["mixture"] = m.get("mixture", {}).get("rule", "none") if isinstance(
-            m.get("mixture"), dict) else (m.get("mixture") or "none")
+        info = m.get("mixture") if isinstance(m.get("mixture"), dict) else {}
+        row["mixture"] = info.get("rule") or m.get("mixture") or "none"
         row.update({f"cfg.{k}": v for k, v in _flatten(m.get("config", {})).items()})
         chosen = m.get("final" if epoch == "last" else "best") or {}
         # the step model/ and the predictions come from (older records: the last)
@@ -87,6 +87,9 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
                         if k.startswith(prefix) and "/" not in k[len(prefix):]})
             if f"{prefix}score" in selection:
                 one["selection.score"] = selection[f"{prefix}score"]
+            if task in info.get("tasks", []):  # the proportion of batches this task had
+                one["mixture.p"] = info["p"][info["tasks"].index(task)]
+                one["mixture.divergence"] = info.get("divergence")
             rows.append(one)
         for e in m.get("evals", []):
             curves.append({"run_dir": row["run_dir"], "step": e["step"], "epoch": e["epoch"],

@@ -3,38 +3,28 @@ document and `cmift-table`)."""
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
-from cmift.report.load import display_name, find_runs
+from cmift.report.load import display_name
 
 
-def mixture_table(folders: list[str]) -> pd.DataFrame:
+def mixture_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, objective, rule): each task's proportion as mean±std over the
-    finished runs' seeds (n); empty when no run trained on a mixture."""
-    rows = []
-    for path in find_runs(folders):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        info = m.get("mixture")
-        if m.get("status") != "ok" or not isinstance(info, dict):
-            continue
-        extra = f" ({info['divergence']})" if info.get("divergence") else ""
-        for task, p in zip(info["tasks"], info["p"]):
-            rows.append({"mixture": f"{m['model']} {m['objective']} {info['rule']}{extra}",
-                         "task": task, "p": p, "seed": m.get("seed")})
-    if not rows:
+    finished runs' seeds (n); empty when no run trained on a mixture. `runs`: load_runs'
+    rows (a mixture run has one per task, with its `mixture.p`)."""
+    if "mixture.p" not in runs:
         return pd.DataFrame()
-    frame = pd.DataFrame(rows)
-    order = list(dict.fromkeys(frame["task"]))
+    ok = runs[(runs["status"] == "ok") & runs["mixture.p"].notna()]
+    if ok.empty:
+        return pd.DataFrame()
+    divergence = ok["mixture.divergence"].map(lambda d: f" ({d})" if isinstance(d, str) else "")
+    label = ok["model"] + " " + ok["objective"] + " " + ok["mixture"] + divergence
 
     def cell(values: pd.Series) -> str:
         n = len(values)
         return f"{values.mean():.3f}" + (f"±{values.std(ddof=1):.3f}" if n > 1 else "") + \
             f" (n={n})"
 
-    table = frame.groupby(["mixture", "task"], sort=False)["p"].apply(cell).unstack("task")
+    order = list(dict.fromkeys(ok["task"]))
+    table = ok["mixture.p"].groupby([label, ok["task"]], sort=False).apply(cell).unstack()
     return table[order].rename(columns=display_name)

@@ -57,7 +57,7 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
     if not delta.empty:
         lines += ["Paired difference to ce (same model, data, recipe and seed; points; mean "
                   "[95% t interval], wins/losses):", "", delta.to_markdown(), ""]
-    mixtures = mixture_table([str(study)])
+    mixtures = mixture_table(runs)
     if not mixtures.empty:
         lines += ["Mixtures trained with (proportion of training batches per task, mean±std "
                   "over seeds):", "", mixtures.to_markdown(), ""]

@@ -48,7 +48,7 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
     glue, means = glue_table(runs)
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
               "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce"),
-              "mixtures": (mixture_table(folders), None, "Multi-task mixtures")}
+              "mixtures": (mixture_table(runs), None, "Multi-task mixtures")}
     text = {**rules(epoch, selected_on(runs)),
             "mixtures": "Proportion of training batches per task, mean±std over seeds (n)."}
     files = [out / "runs.csv"]

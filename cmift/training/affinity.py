@@ -27,9 +27,10 @@ from cmift.data.tokenized import PadCollator, Split
 from cmift.mixtures import taskpgm
 from cmift.objectives.cmi import CMIKnobs
 from cmift.objectives.cmi_terms import FeatureMap
-from cmift.runs.files import METRICS_FILE, MODEL_DIR, read_json
+from cmift.runs.files import METRICS_FILE, MODEL_DIR
 from cmift.training.device import Forward
 from cmift.training.evaluate import eval_passes
+from cmift.training.teacher import finished_with_weights
 
 log = logging.getLogger("cmift")
 
@@ -45,14 +46,6 @@ def single_task_config(cfg: DictConfig, task: str) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
-def _finished(run_dir: Path) -> bool:
-    try:
-        return (read_json(run_dir / METRICS_FILE).get("status") == "ok"
-                and (run_dir / MODEL_DIR).is_dir())
-    except (OSError, ValueError):
-        return False
-
-
 def single_task_run(cfg: DictConfig, task: str, run) -> Path:
     """The finished single-task run of `task` in the output tree, trained now if missing."""
     tcfg = single_task_config(cfg, task)
@@ -62,7 +55,7 @@ def single_task_run(cfg: DictConfig, task: str, run) -> Path:
     runs.mkdir(parents=True, exist_ok=True)
     with FileLock(runs / f".single-{key}.lock"):  # parallel mixture runs: one trains, others wait
         found = [m.parent for m in sorted(runs.glob(f"*-{key}/{METRICS_FILE}"))
-                 if _finished(m.parent)]
+                 if finished_with_weights(m.parent)]
         if found:
             log.info("taskpgm: single-task %s model reused: %s", task, found[0])
             return found[0]
@@ -136,7 +129,7 @@ def task_affinities(cfg: DictConfig, parts, device, run) -> dict:
     else:
         S = taskpgm.pmi_similarity(R)
     solution = taskpgm.solve(S, float(knobs.beta), float(knobs.lam), float(knobs.ridge))
-    info.update(similarity=S.round(6).tolist(), projected=solution.projected,
+    info.update(similarity=S.round(6).tolist(), p=solution.p.tolist(), projected=solution.projected,
                 unconstrained=solution.unconstrained.round(6).tolist(),
                 energy=solution.energy)
     return info

@@ -380,11 +380,16 @@ class Loop:
     def train_passes(self, limit: Optional[int], train_mode: bool = False):
         """The objective's no-grad passes over `limit` training examples (a sample seeded by
         the run's seed, the same in every pass; all of them when None)."""
-        examples = sample_examples(len(self.train), limit, self.cfg.seed)
-        total = len(self.train) if examples is None else len(examples)
-        with self.progress.pass_shown("objective pass over train", total) as advance:
+        yield from self.passes_over(self.train, self.collate, "train", limit, train_mode,
+                                    self.cfg.seed)
+
+    def passes_over(self, split: Split, collate, name: str, limit: Optional[int],
+                    train_mode: bool, seed):
+        examples = sample_examples(len(split), limit, seed)
+        total = len(split) if examples is None else len(examples)
+        with self.progress.pass_shown(f"objective pass over {name}", total) as advance:
             # sharded on a data-parallel run: the objective combines the ranks (centroids.py)
-            for outputs, labels, _ in eval_passes(self.forward, self.train, self.collate,
+            for outputs, labels, _ in eval_passes(self.forward, split, collate,
                                                   self.t.eval_batch_size, examples,
                                                   train_mode=train_mode, progress=advance,
                                                   shard=True):

@@ -27,7 +27,7 @@ from cmift.data.tasks import TASKS, GlueTask
 from cmift.data.tokenized import PadCollator, Split, train_batches
 from cmift.mixtures.rules import proportions
 from cmift.objectives import Objective, Outputs
-from cmift.training.evaluate import EvalResult, eval_passes, evaluate, sample_examples
+from cmift.training.evaluate import EvalResult, evaluate
 from cmift.training.loop import Loop
 
 log = logging.getLogger("cmift")
@@ -177,14 +177,8 @@ class MixtureLoop(Loop):
     def train_passes(self, limit: Optional[int], train_mode: bool = False, task: int = 0):
         """Task `task`'s no-grad passes over `limit` of its training examples (seeded)."""
         part = self.parts[task]
-        examples = sample_examples(len(part.train), limit, [self.cfg.seed, task])
-        total = len(part.train) if examples is None else len(examples)
-        with self.progress.pass_shown(f"objective pass over {part.name}", total) as advance:
-            for outputs, labels, _ in eval_passes(self.forward, part.train, self.collators[task],
-                                                  self.t.eval_batch_size, examples,
-                                                  train_mode=train_mode, progress=advance,
-                                                  shard=True):
-                yield outputs, labels
+        yield from self.passes_over(part.train, self.collators[task], part.name, limit,
+                                    train_mode, [self.cfg.seed, task])
 
     def evaluate_dev(self) -> tuple[EvalResult, Optional[dict]]:
         decoders = self.state.objective.decoders(self.train_passes)
@@ -225,11 +219,9 @@ def mixture_proportions(cfg: DictConfig, parts: list[TaskData], device, run) -> 
     if rule == "taskpgm":
         from cmift.training.affinity import task_affinities
 
-        info.update(task_affinities(cfg, parts, device, run))
-        p = proportions(rule, sizes, cfg.mixture.taskpgm, np.asarray(info["similarity"]))
+        info.update(task_affinities(cfg, parts, device, run))  # p: TaskPGM's solution
     else:
-        p = proportions(rule, sizes, cfg.mixture.get(rule))
-    info["p"] = [float(x) for x in p]
+        info["p"] = [float(x) for x in proportions(rule, sizes, cfg.mixture.get(rule))]
     return info
 
 

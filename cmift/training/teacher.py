@@ -79,7 +79,8 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
-def _finished(run_dir: Path) -> bool:
+def finished_with_weights(run_dir: Path) -> bool:
+    """A finished (status ok) run whose weights were kept."""
     try:
         ok = read_json(run_dir / METRICS_FILE).get("status") == "ok"
     except (OSError, ValueError):
@@ -96,7 +97,7 @@ def _trained_in(folder: Path) -> Path | None:
         source = Path(read_json(folder / SOURCE_FILE)["run_dir"])
     except (OSError, ValueError, KeyError):
         source = folder
-    return source if _finished(source) else None
+    return source if finished_with_weights(source) else None
 
 
 def finished_standalone_run(tcfg: DictConfig, key: str) -> Path | None:
@@ -108,7 +109,7 @@ def finished_standalone_run(tcfg: DictConfig, key: str) -> Path | None:
     runs = Path(tcfg.output_dir) / tcfg.task.name / tcfg.objective.name / tcfg.model.name
     for metrics in sorted(runs.glob(f"*/{METRICS_FILE}")):
         run_dir = metrics.parent
-        if not _finished(run_dir) or not (run_dir / CONFIG_FILE).is_file():
+        if not finished_with_weights(run_dir) or not (run_dir / CONFIG_FILE).is_file():
             continue
         try:
             settings = OmegaConf.merge(OmegaConf.structured(root()),
