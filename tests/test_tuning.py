@@ -64,6 +64,30 @@ def test_prefix_is_refused_where_attention_takes_no_past_key_values():
     apply_tuning(model, compose("model=tiny", "tuning=prompt"), cfg.model)  # prompt works
 
 
+def test_the_prefix_argument_is_found_under_either_name():
+    """transformers 5.24 renamed the forward's past_key_values to cache."""
+    from cmift.models.backbones import cache_argument
+
+    class Renamed(torch.nn.Module):
+        base_model_prefix = "bert"  # absent: the model is its own backbone
+
+        def forward(self, input_ids, cache=None):
+            return input_ids
+
+    class Old(Renamed):
+        def forward(self, input_ids, past_key_values=None):
+            return input_ids
+
+    class NoCache(Renamed):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    assert cache_argument(Renamed()) == "cache"
+    assert cache_argument(Old()) == "past_key_values"
+    assert cache_argument(NoCache()) is None
+    assert cache_argument(_tiny_model()) in ("cache", "past_key_values")
+
+
 @pytest.mark.parametrize("tuning", ["prefix", "prompt"])
 def test_the_encoder_stays_frozen_and_the_adapter_reloads(tuning, fake_glue, tmp_path):
     import transformers

@@ -203,6 +203,18 @@ def load_model(model_cfg, num_labels: int, regression: bool, vocab_size: int):
     return model
 
 
+def cache_argument(model) -> str | None:
+    """The name under which the backbone's forward takes past keys/values (the way prefixes
+    enter attention): `cache` from transformers 5.24 (`past_key_values` still accepted, with a
+    deprecation warning, until 5.40), `past_key_values` before; None where attention takes
+    none (DistilBERT)."""
+    import inspect
+
+    backbone = getattr(model, model.base_model_prefix, model)
+    parameters = inspect.signature(backbone.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
 def max_positions(model_cfg) -> int:
     """How many positions the backbone takes, from its config alone (no weights loaded)."""
     if is_tiny(model_cfg):

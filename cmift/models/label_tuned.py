@@ -37,9 +37,10 @@ class LabelTuned(torch.nn.Module):
 
     def __init__(self, model, label_ids: list[list[int]], kind: str, pooling: str, loss: str):
         super().__init__()
-        from cmift.models.backbones import FeatureTap
+        from cmift.models.backbones import FeatureTap, cache_argument
 
         self.kind, self.pooling, self.loss = kind, pooling, loss
+        self.cache_argument = cache_argument(model)  # how prefixes reach attention
         self.pair_loss = loss == "pairs"  # the objectives' data term is the pair loss
         self.label_ids = label_ids
         for p in model.parameters():
@@ -92,7 +93,7 @@ class LabelTuned(torch.nn.Module):
         if self.kind == "prefix":
             # (KB, l, layers*2, heads, head_dim) -> layers*2 x (KB, heads, l, head_dim)
             kv = per_row.view(k * b, n, self.layers * 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-            kwargs["past_key_values"] = DynamicCache([(kv[2 * i], kv[2 * i + 1])
+            kwargs[self.cache_argument] = DynamicCache([(kv[2 * i], kv[2 * i + 1])
                                                       for i in range(self.layers)])
             kwargs["input_ids"] = ids
         else:

@@ -115,8 +115,29 @@ def write_plots(runs: pd.DataFrame, evals: pd.DataFrame, folder: Path) -> list[P
 
     matplotlib.use("Agg")
     folder.mkdir(parents=True, exist_ok=True)
-    return [*sensitivity(runs, "objective.cmi.lam", "lam", folder / "score_vs_lam"),
-            *sensitivity(runs, "distillation.kd.temperature", "temperature",
-                         folder / "score_vs_temperature"),
-            *curves(runs, evals, folder / "cmi_ncmi_curves"),
-            *dropout_rates(runs, folder / "dropout_rates")]
+    figures = [(sensitivity, runs, "objective.cmi.lam", "lam", folder / "score_vs_lam"),
+               (sensitivity, runs, "distillation.kd.temperature", "temperature",
+                folder / "score_vs_temperature"),
+               (curves, runs, evals, folder / "cmi_ncmi_curves"),
+               (dropout_rates, runs, folder / "dropout_rates")]
+    return [path for paths in _draw_all(figures) for path in paths]
+
+
+def _draw_all(figures: list[tuple]) -> list[list[Path]]:
+    """Each figure drawn in its own forked process where the OS can fork (drawing is
+    single-threaded and most of a table's time on a large sweep), else one after another."""
+    import multiprocessing as mp
+    import os
+
+    workers = min(len(figures), os.cpu_count() or 1)
+    if workers < 2 or "fork" not in mp.get_all_start_methods():
+        return [fn(*args) for fn, *args in figures]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(_draw, figures))
+
+
+def _draw(figure: tuple) -> list[Path]:
+    fn, *args = figure
+    return fn(*args)

@@ -11,7 +11,6 @@ modules_to_save for SEQ_CLS).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from cmift.config.spec import (
@@ -22,6 +21,7 @@ from cmift.config.spec import (
     register,
     register_knobs,
 )
+from cmift.models.backbones import cache_argument
 from cmift.tuning import implements
 
 
@@ -80,8 +80,7 @@ def prompt(model, cfg, model_cfg, **_):
 
 def takes_past_key_values(model) -> bool:
     """Prefixes enter attention as past key/values; DistilBERT's attention takes none."""
-    backbone = getattr(model, model.base_model_prefix, model)
-    return "past_key_values" in inspect.signature(backbone.forward).parameters
+    return cache_argument(model) is not None
 
 
 def _shape(model) -> dict:
