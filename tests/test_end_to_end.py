@@ -140,3 +140,22 @@ def test_manifest_names_the_code_the_process_loaded(monkeypatch):
     second = manifest_mod.manifest("cpu", 1)["git"]
     git_calls = [c for c in calls if c[0][0] == "git"]
     assert first == second and 1 <= len(git_calls) <= 2  # rev-parse (+ status), once
+
+
+def test_manifest_versions_are_the_loaded_modules(monkeypatch):
+    """A package upgraded on disk under a running sweep: the record names the code in memory."""
+    import types
+
+    from cmift.runs import manifest as manifest_mod
+
+    monkeypatch.setitem(manifest_mod.sys.modules, "transformers",
+                        types.SimpleNamespace(__version__="5.99.0"))
+    monkeypatch.setitem(manifest_mod.sys.modules, "hydra",
+                        types.SimpleNamespace(__version__="1.99.0"))
+    manifest_mod.package_versions.cache_clear()
+    try:
+        versions = manifest_mod.manifest("cpu", 1)["packages"]
+    finally:
+        manifest_mod.package_versions.cache_clear()
+    assert versions["transformers"] == "5.99.0" and versions["hydra-core"] == "1.99.0"
+    assert versions["omegaconf"]  # not imported under another name: still found

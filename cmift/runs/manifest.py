@@ -16,6 +16,7 @@ from cmift.runs.files import SCHEMA_VERSION
 
 PACKAGES = ("cmift", "torch", "transformers", "datasets", "tokenizers", "hydra-core",
             "omegaconf", "numpy", "pandas", "safetensors", "rich")
+IMPORT_NAMES = {"hydra-core": "hydra"}  # where a distribution's module is named otherwise
 
 
 @lru_cache(maxsize=1)  # once per process: a sweep runs the code it loaded at its start
@@ -34,10 +35,14 @@ def git_commit() -> dict:
 
 @lru_cache(maxsize=1)
 def package_versions() -> dict:
+    """The versions of the code this process runs: an imported module's own __version__ (a
+    package upgraded on disk under a running sweep leaves the loaded code as it was), else the
+    installed distribution's."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
+        loaded = getattr(sys.modules.get(IMPORT_NAMES.get(name, name)), "__version__", None)
         try:
-            versions[name] = metadata.version(name)
+            versions[name] = loaded if isinstance(loaded, str) else metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
