@@ -1,5 +1,6 @@
-"""The CPU's own limit: this machine's fp32 GEMM rate against what cmift's training loop
-achieves, and where one training step's time goes.
+"""The CPU's own limit: this machine's GEMM rate against what cmift's training loop achieves,
+and where one training step's time goes, in fp32 and (where the CPU has bf16 kernels:
+avx512_bf16 or AMX) under bf16 autocast (`train.precision=bf16`).
 
 - GEMM rate: torch.mm on the shapes of MiniLM-L6's linear layers at the run's mean padded
   batch (32 x width tokens: q/k/v/out 384x384, FFN 384x1536 and 1536x384, forward and both
@@ -61,15 +62,15 @@ def shape(model) -> dict:
             "intermediate": c.intermediate_size, "non_embedding_params": total - embeddings}
 
 
-def gemm_rate(tokens: int, d: int, ff: int, repeats: int = 20) -> float:
-    """GFLOP/s of torch.mm over one layer's linear products (forward and backward) at
-    `tokens` rows."""
+def gemm_rate(tokens: int, d: int, ff: int, dtype, repeats: int = 20) -> float:
+    """GFLOP/s of torch.mm in `dtype` over one layer's linear products (forward and backward)
+    at `tokens` rows."""
     import torch
 
     products = []
     for n_in, n_out, count in ((d, d, 4), (d, ff, 1), (ff, d, 1)):
-        x, w, g = (torch.randn(tokens, n_in), torch.randn(n_in, n_out),
-                   torch.randn(tokens, n_out))
+        x, w, g = (torch.randn(tokens, n_in, dtype=dtype), torch.randn(n_in, n_out, dtype=dtype),
+                   torch.randn(tokens, n_out, dtype=dtype))
         products += [(x, w), (g, w.t()), (x.t(), g)] * count  # forward, grad input, grad weight
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
     for a, b in products:  # warm-up
@@ -84,13 +85,14 @@ def gemm_rate(tokens: int, d: int, ff: int, repeats: int = 20) -> float:
     return flops / times[len(times) // 2] / 1e9
 
 
-def achieved(args, info: dict) -> dict:
+def achieved(args, info: dict, precision: str) -> dict:
     """A cmift ce run: training GFLOP/s counted per padded token, and its mean padded width."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cmift", "task=mrpc", "model=minilm_l6", "recipe=run_glue",
                f"data.glue_dir={args.glue_dir}", f"data.max_train_samples={args.samples}",
                "train.epochs=1", "train.save_model=false", f"train.batch_size={args.batch_size}",
-               f"output_dir={tmp}", "rerun=true", "data.predict_test=false"]
+               f"output_dir={tmp}", "rerun=true", "data.predict_test=false",
+               f"train.precision={precision}"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=OFFLINE_ENV)
         if proc.returncode:
             sys.exit(f"cmift failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -114,12 +116,14 @@ def category(op: str) -> str:
         return "dropout masks (bernoulli_)"
     if "adam" in op.lower() or "zero_grad" in op:
         return "optimizer (fused AdamW, zero_grad)"
-    return "other operators (layer norm, GELU, dropout scaling, copies, ...)"
+    if op in ("aten::copy_", "aten::_to_copy"):  # autocast's casts of weights and activations
+        return "copies and dtype casts (copy_, _to_copy)"
+    return "other operators (layer norm, GELU, dropout scaling, ...)"
 
 
-def profile_step(model, collate, batches, warmup: int = 3, steps: int = 5) -> dict:
+def profile_step(model, collate, batches, amp_dtype, warmup: int = 3, steps: int = 5) -> dict:
     """Seconds per step by category, from torch.profiler's operator self times; the data and
-    Python / dispatch overhead from the step's wall time."""
+    Python / dispatch overhead from the step's wall time. `amp_dtype`: autocast's, or None."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -130,8 +134,10 @@ def profile_step(model, collate, batches, warmup: int = 3, steps: int = 5) -> di
         start = time.perf_counter()
         batch = collate(indices)
         data = time.perf_counter() - start
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16,
+                            enabled=amp_dtype is not None):
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -165,32 +171,56 @@ def measure(args) -> str:
 
     model, collate, batches = load_batches(args.glue_dir, args.samples, args.batch_size)
     info = shape(model)
-    run = achieved(args, info)
-    tokens = round(args.batch_size * run["width"])
-    gemm = gemm_rate(tokens, info["hidden"], info["intermediate"])
-    fraction = run["gflops"] / gemm
-    prof = profile_step(model, collate, batches)
-    verdict = ("above 60%: the step is near what this CPU's matrix multiplication can do; "
-               "speed comes from doing less work (fewer padded tokens, no repeated runs), "
-               "not from the step" if fraction >= 0.6 else
+    precisions = {"fp32": None}
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        precisions["bf16"] = torch.bfloat16
+    found = {}
+    for name, dtype in precisions.items():
+        run = achieved(args, info, name)
+        tokens = round(args.batch_size * run["width"])
+        gemm = gemm_rate(tokens, info["hidden"], info["intermediate"], dtype or torch.float32)
+        found[name] = {**run, "tokens": tokens, "gemm": gemm, "fraction": run["gflops"] / gemm,
+                       "profile": profile_step(model, collate, batches, dtype)}
+    fp32 = found["fp32"]
+    verdict = ("above 60%: the step is near what this CPU's fp32 matrix multiplication can do; "
+               "speed comes from doing less work (fewer padded tokens, no repeated runs) or "
+               "from cheaper arithmetic (bf16 below), not from the step"
+               if fp32["fraction"] >= 0.6 else
                "below 60%: the biggest share of the profile below is where to act")
+    names = list(found)
     lines = [SECTION, "",
              f"Written by `python bench/cpu_limit.py` (also by `make bench`) on "
              f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} torch threads. MiniLM-L6, "
              f"MRPC's first {args.samples} training examples, batch {args.batch_size}, "
-             "length-grouped, fp32.", "",
-             "| | |", "|---|---|",
-             f"| fp32 GEMM rate (torch.mm, MiniLM-L6's linear shapes at {tokens} tokens) "
-             f"| {gemm:.1f} GFLOP/s |",
+             "length-grouped; fp32, and bf16 autocast (`train.precision=bf16`: bf16 matrix "
+             "products, fp32 weights, optimizer and losses) where the CPU has bf16 kernels.", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+             f"| GEMM rate (torch.mm, MiniLM-L6's linear shapes at {fp32['tokens']} tokens) | "
+             + " | ".join(f"{found[n]['gemm']:.1f} GFLOP/s" for n in names) + " |",
              f"| cmift ce training, counted per padded token (6 N + 12 L s d; N = "
-             f"{info['non_embedding_params'] / 1e6:.1f} M, mean width {run['width']:.1f}) | "
-             f"{run['gflops']:.1f} GFLOP/s ({run['examples_per_second']:.1f} examples/s) |",
-             f"| fraction of the GEMM rate | **{100 * fraction:.0f}%**: {verdict} |", "",
-             f"One step's time by category (torch.profiler, {prof['wall'] * 1000:.0f} ms per "
-             "step with the profiler on):", "",
-             "| category | ms per step | share |", "|---|---|---|"]
-    for key, seconds in sorted(prof["per_step"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {key} | {seconds * 1000:.0f} | {100 * seconds / prof['wall']:.0f}% |")
+             f"{info['non_embedding_params'] / 1e6:.1f} M, mean width {fp32['width']:.1f}) | "
+             + " | ".join(f"{found[n]['gflops']:.1f} GFLOP/s "
+                          f"({found[n]['examples_per_second']:.1f} examples/s)" for n in names)
+             + " |",
+             "| fraction of that precision's GEMM rate | "
+             + " | ".join(f"{100 * found[n]['fraction']:.0f}%" for n in names) + " |"]
+    if "bf16" in found:
+        speedup = found["bf16"]["examples_per_second"] / fp32["examples_per_second"]
+        lines.append(f"| training examples/s, bf16 / fp32 | | **{speedup:.2f}x** |")
+    lines += ["", f"fp32: **{100 * fp32['fraction']:.0f}%** of the GEMM rate, {verdict}.", "",
+              "One step's time by category (torch.profiler; "
+              + ", ".join(f"{n} {found[n]['profile']['wall'] * 1000:.0f} ms" for n in names)
+              + " per step with the profiler on):", "",
+              "| category | " + " | ".join(f"{n} ms per step | {n} share" for n in names) + " |",
+              "|---|" + "---|---|" * len(names)]
+    keys = sorted(fp32["profile"]["per_step"], key=lambda k: -fp32["profile"]["per_step"][k])
+    for key in keys:
+        cells = []
+        for n in names:
+            prof = found[n]["profile"]
+            seconds = prof["per_step"].get(key, 0.0)
+            cells += [f"{seconds * 1000:.0f}", f"{100 * seconds / prof['wall']:.0f}%"]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
