@@ -50,6 +50,8 @@ def _record(root, seed, lam, dev, selection):
     (folder / "metrics.json").write_text(json.dumps({
         "status": "ok", "task": "rte", "model": "m", "objective": "min_cmi",
         "distillation": "none", "seed": seed, "evals": [ev],
+        "overrides": [f"seed={seed}", "experiment=toy_study", f"objective.cmi.lam={lam}",
+                      f"output_dir={root}"],
         "final": {"step": 5, "epoch": 1.0, **ev["dev"]}, "best": {"step": 5, **ev["dev"]},
         "config": {"objective": {"name": "min_cmi", "cmi": {"lam": lam, "beta": 0.0}}}}))
 
@@ -77,5 +79,8 @@ def test_results_document_is_rebuilt_byte_for_byte(tmp_path):
     second = write_results(tmp_path / "results", docs / "RESULTS.md")
     assert first == second == (docs / "RESULTS.md").read_text()
     assert "## toy_study (cpu)" in first and "Hand-written." in first
-    assert "`cmift -m experiment=toy_study`" in first and str(tmp_path) not in first
+    # no preset named toy_study: its records gather the seeds only
+    assert ("cmift -m experiment=toy_study objective.cmi.lam=0.1 seed=1,2\n"
+            "cmift -m experiment=toy_study objective.cmi.lam=1.0 seed=1,2\n") in first
+    assert str(tmp_path) not in first
     assert "![score_vs_lam](figures/cpu-toy_study/score_vs_lam.png)" in first

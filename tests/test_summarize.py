@@ -192,3 +192,25 @@ def test_tuned_recipe_is_chosen_on_the_selection_split_not_dev(tmp_path):
     assert list(out["glue"].index) == ["m ce"]
     assert out["glue"].loc["m ce", "RTE (accuracy)"] == "70.0±0.0 (n=2) [lr=0.0001]"
     assert "selection split" in out["rule"]
+
+
+def test_command_lines_are_read_back_from_the_records():
+    """Runs started by one `cmift -m` share everything but the preset's swept keys; a check run
+    with an extra override is its own line; where a run wrote is never part of it."""
+    from cmift.report.commands import command_lines
+
+    main = [[f"seed={s}", f"objective={o}", f"objective.cmi.lam={lam}",
+             "experiment=min_cmi_vs_ce", "task=mrpc", "train.lr=0.0001",
+             f"output_dir=/somewhere/{s}", "threads=1"]
+            for s in (2, 1, 10) for o, lam in (("ce", 0.01), ("min_cmi", 0.1), ("min_cmi", 1.0))]
+    check = [[f"seed={s}", "objective=min_cmi", "objective.cmi.lam=0.1",
+              "experiment=min_cmi_vs_ce", "task=mrpc", "train.lr=0.0001",
+              "train.precision=bf16"] for s in (1, 2)]
+    assert command_lines(main + check, "min_cmi_vs_ce") == [
+        "cmift -m experiment=min_cmi_vs_ce task=mrpc train.lr=0.0001 seed=1,2,10 "
+        "objective=ce,min_cmi objective.cmi.lam=0.01,0.1,1.0",
+        "cmift -m experiment=min_cmi_vs_ce task=mrpc train.lr=0.0001 train.precision=bf16 "
+        "seed=1,2 objective=min_cmi objective.cmi.lam=0.1"]
+    # no preset of that name: only the seed is gathered
+    assert command_lines([["seed=1", "task=rte"], ["seed=2", "task=rte"]], "mine") == [
+        "cmift -m task=rte seed=1,2"]

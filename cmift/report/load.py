@@ -62,7 +62,8 @@ def load_runs(folders: list[str], epoch: str = "last") -> tuple[pd.DataFrame, pd
                "dropout": m.get("dropout") or "standard",
                "tuning": m.get("tuning") or "full",  # runs from before the tuning group
                "trainable_parameters": m.get("trainable_parameters"),
-               "seed": m.get("seed"), "train_seconds": m.get("train_seconds"),
+               "seed": m.get("seed"), "overrides": m.get("overrides") or [],
+               "train_seconds": m.get("train_seconds"),
                "eval_seconds": m.get("eval_seconds"),
                "train_examples_per_second": m.get("train_examples_per_second")}
         row["dropout_sites"] = (m.get("dropout_setup") or {}).get("sites")  # guided's rates

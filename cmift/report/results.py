@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cmift.report.commands import command_lines
 from cmift.report.load import load_runs
 from cmift.report.methods import add_methods, selected_on
 from cmift.report.mixtures import mixture_table
@@ -50,9 +51,12 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
     glue, means = glue_table(runs)
     delta = delta_table(runs)
     made = write_plots(runs, evals, figures / f"{platform}-{study.name}")
+    commands = command_lines(runs.drop_duplicates("run_dir")["overrides"], study.name)
     lines = [f"## {study.name} ({platform})", "",
-             f"Reproduce: `cmift -m experiment={study.name}`. {_cost(runs)}. Hyperparameters "
-             f"and epochs were chosen on {selected_on(runs)}; GLUE dev is what is reported.", "",
+             f"{_cost(runs)}. Hyperparameters and epochs were chosen on {selected_on(runs)}; "
+             "GLUE dev is what is reported. The records came from these command lines (read "
+             "back from the records; rerunning one skips its finished runs; `GLUE_DIR` "
+             "points at the GLUE files):", "", "```", *commands, "```", "",
              to_markdown(glue, best_cells(glue, means)), ""]
     if not delta.empty:
         lines += ["Paired difference to ce (same model, data, recipe and seed; points; mean "
