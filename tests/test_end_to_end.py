@@ -190,3 +190,15 @@ def test_manifest_versions_are_the_loaded_modules(monkeypatch):
         manifest_mod.package_versions.cache_clear()
     assert versions["transformers"] == "5.99.0" and versions["hydra-core"] == "1.99.0"
     assert versions["omegaconf"]  # not imported under another name: still found
+
+
+def test_a_cpu_run_at_auto_precision_hints_at_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from cmift.training import device as dev
+
+    cpu = dev.Device(torch.device("cpu"), None)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert "train.precision=bf16" in dev.bf16_hint(compose().train.precision, cpu)
+    assert dev.bf16_hint("fp32", cpu) is None  # chosen explicitly
+    assert dev.bf16_hint("bf16", dev.Device(torch.device("cpu"), torch.bfloat16)) is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert dev.bf16_hint("auto", cpu) is None

@@ -45,7 +45,7 @@ from cmift.runs.manifest import manifest
 from cmift.runs.predictions import write_predictions, write_test_predictions
 from cmift.runs.record import RunRecord
 from cmift.training import checkpoint as ckpt
-from cmift.training.device import peak_memory_mb, pick_device
+from cmift.training.device import bf16_hint, peak_memory_mb, pick_device
 from cmift.training.evaluate import predict
 from cmift.training.loop import fit
 from cmift.training.teacher import (
@@ -81,6 +81,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
     record = RunRecord.start(cfg, run_dir, _overrides() if overrides is None else overrides)
     log.info("run %s on %s", run_dir, device.describe())
+    if hint := bf16_hint(cfg.train.precision, device):
+        log.info(hint)
     try:
         _train(cfg, device, run_dir, record, after_fit)
     except BaseException as e:  # recorded for every failure, Ctrl-C included, then re-raised
