@@ -182,11 +182,21 @@ def measure(args) -> str:
         found[name] = {**run, "tokens": tokens, "gemm": gemm, "fraction": run["gflops"] / gemm,
                        "profile": profile_step(model, collate, batches, dtype)}
     fp32 = found["fp32"]
-    verdict = ("above 60%: the step is near what this CPU's fp32 matrix multiplication can do; "
-               "speed comes from doing less work (fewer padded tokens, no repeated runs) or "
-               "from cheaper arithmetic (bf16 below), not from the step"
-               if fp32["fraction"] >= 0.6 else
-               "below 60%: the biggest share of the profile below is where to act")
+    shares = {n: {k: v / f["profile"]["wall"] for k, v in f["profile"]["per_step"].items()}
+              for n, f in found.items()}
+    gemms = category("aten::mm")
+    biggest = max(shares["fp32"], key=shares["fp32"].get)
+    if fp32["fraction"] >= 0.6:
+        verdict = ("at or above 60%: the step is near what this CPU's fp32 matrix "
+                   "multiplication can do; speed comes from doing less work (fewer padded "
+                   "tokens, no repeated runs) or from cheaper arithmetic, not from the step")
+    else:
+        verdict = (f"below 60%: the biggest share of the step is {biggest} "
+                   f"({100 * shares['fp32'][biggest]:.0f}%), where to act")
+    if biggest == gemms and "bf16" in found:
+        verdict += ("; the GEMMs' own lever is cheaper arithmetic: bf16 autocast, "
+                    f"{found['bf16']['examples_per_second'] / fp32['examples_per_second']:.2f}x "
+                    "the examples/s")
     names = list(found)
     lines = [SECTION, "",
              f"Written by `python bench/cpu_limit.py` (also by `make bench`) on "
@@ -207,7 +217,14 @@ def measure(args) -> str:
     if "bf16" in found:
         speedup = found["bf16"]["examples_per_second"] / fp32["examples_per_second"]
         lines.append(f"| training examples/s, bf16 / fp32 | | **{speedup:.2f}x** |")
-    lines += ["", f"fp32: **{100 * fp32['fraction']:.0f}%** of the GEMM rate, {verdict}.", "",
+    lines += ["", f"fp32: **{100 * fp32['fraction']:.0f}%** of the GEMM rate, {verdict}."]
+    if "bf16" in found:
+        bf16 = shares["bf16"]
+        other = max((k for k in bf16 if k != gemms), key=bf16.get)
+        lines += ["", f"bf16: {100 * found['bf16']['fraction']:.0f}% of the bf16 GEMM rate. "
+                  f"Its GEMMs take {100 * bf16[gemms]:.0f}% of the step; the next largest share "
+                  f"is {other} ({100 * bf16[other]:.0f}%)."]
+    lines += ["",
               "One step's time by category (torch.profiler; "
               + ", ".join(f"{n} {found[n]['profile']['wall'] * 1000:.0f} ms" for n in names)
               + " per step with the profiler on):", "",
