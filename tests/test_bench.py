@@ -39,3 +39,16 @@ def test_bf16_peaks_by_device_name():
     assert peak_tflops("NVIDIA H200") == 989.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert peak_tflops("Tesla T4") is None
+
+
+def test_paper_studies_in_gpu_hours_count_every_run():
+    """ce 3 epochs, min_cmi 3 epochs + a third for its init pass (3 lam); the KD study's
+    teachers (ce, max_cmi at 2 lam), a logit pass per teacher and 6 DistilBERT students; 3 seeds,
+    90% of GLUE's 943,984 classification training examples."""
+    from gpu_bert_base import study_hours
+
+    examples = 0.9 * 943984
+    (_, first), (_, second) = study_hours({"bert_base": 100.0, "distilbert": 200.0,
+                                           "minilm_l6": 1.0})
+    assert abs(first - (9 + 3 * 10) * examples / 100 / 3600) < 1e-9
+    assert abs(second - ((9 + 2 * 10 + 3 * 1) / 100 + 6 * 9 / 200) * examples / 3600) < 1e-9
