@@ -54,9 +54,10 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
     commands = command_lines(runs.drop_duplicates("run_dir")["overrides"], study.name)
     lines = [f"## {study.name} ({platform})", "",
              f"{_cost(runs)}. Hyperparameters and epochs were chosen on {selected_on(runs)}; "
-             "GLUE dev is what is reported. The records came from these command lines (read "
-             "back from the records; rerunning one skips its finished runs; `GLUE_DIR` "
-             "points at the GLUE files):", "", "```", *commands, "```", "",
+             "GLUE dev is what is reported. Command lines that reproduce these records (read "
+             "back from them: each line sweeps the values its records have, so a line may also "
+             "name configurations not run yet; finished runs are skipped; `GLUE_DIR` points "
+             "at the GLUE files):", "", "```", *commands, "```", "",
              to_markdown(glue, best_cells(glue, means)), ""]
     if not delta.empty:
         lines += ["Paired difference to ce (same model, data, recipe and seed; points; mean "
