@@ -127,6 +127,10 @@ def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
         return run(cfg, tmp_path / name)
 
     first = student("a", "distillation=wttm")
+    # the teacher's run set up logging again: transformers still reports errors only (no LOAD
+    # REPORT of the student's new head on the console)
+    import logging
+    assert logging.getLogger("transformers").getEffectiveLevel() == logging.ERROR
     second = student("b", "distillation=kd", "distillation.kd.temperature=4")
     assert first["teacher"]["reused"] is False and second["teacher"]["reused"] is True
     assert first["teacher"]["key"] == second["teacher"]["key"]

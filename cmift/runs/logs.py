@@ -54,8 +54,11 @@ def setup_logging(folder: Path) -> logging.Logger:
         h._cmift = True
         root.addHandler(h)
     root.setLevel(logging.INFO)
-    for noisy in ("transformers", "datasets", "httpx", "urllib3", "filelock", "fsspec"):
+    for noisy in ("datasets", "httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # errors only, as the run sets transformers' verbosity: WARNING here would undo that for a
+    # student loaded after its teacher's run (its LOAD REPORT of the new head on the console)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
     import datasets
 
     datasets.disable_progress_bars()
