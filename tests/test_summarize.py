@@ -214,3 +214,26 @@ def test_command_lines_are_read_back_from_the_records():
     # no preset of that name: only the seed is gathered
     assert command_lines([["seed=1", "task=rte"], ["seed=2", "task=rte"]], "mine") == [
         "cmift -m task=rte seed=1,2"]
+
+
+def test_sensitivity_plot_never_pools_unlike_ce_runs(tmp_path, monkeypatch):
+    """ce runs that differ in a setting (here precision) are two bands, as they are two rows."""
+    import pandas as pd
+
+    from cmift.report import plots
+
+    rows = [{"method": f"m ce [train.precision={p}]", "objective": "ce", "seed": s,
+             "dev.score": score + s / 100} for p, score in (("auto", 0.80), ("bf16", 0.70))
+            for s in (1, 2)]
+    rows += [{"method": "m min_cmi", "objective": "min_cmi", "seed": s,
+              "cfg.objective.cmi.lam": lam, "dev.score": 0.75} for s in (1, 2)
+             for lam in (0.1, 1.0)]
+    runs = pd.DataFrame(rows).assign(status="ok", task="mrpc", dropout="standard",
+                                     tuning="full", mixture="none")
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and [])
+    plots.sensitivity(runs, "objective.cmi.lam", "lam", tmp_path / "s")
+    (ax,) = drawn["fig"].axes
+    labels = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert labels["m ce [train.precision=auto] (n=2)"] == pytest.approx(81.5)
+    assert labels["m ce [train.precision=bf16] (n=2)"] == pytest.approx(71.5)

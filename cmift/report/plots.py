@@ -32,6 +32,9 @@ def _band(ax, x, mean, std, label, **style):
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
+CE_STYLES = [("grey", "--"), ("black", ":"), ("tab:brown", "-."), ("tab:olive", "--")] * 4
+
+
 def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[Path]:
     """Task score (x100) against `knob` per method, ce as a horizontal band, one panel a task."""
     col = f"cfg.{knob}"
@@ -44,11 +47,12 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
     tasks = sorted(swept["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        ce = ok[(ok["task"] == task) & is_baseline(ok)]["score"]
-        if len(ce):
-            ax.axhspan(ce.mean() - ce.std(ddof=1 if len(ce) > 1 else 0),
-                       ce.mean() + ce.std(ddof=1 if len(ce) > 1 else 0), color="grey", alpha=0.25)
-            ax.axhline(ce.mean(), color="grey", linestyle="--", label=f"ce (n={len(ce)})")
+        # one band per ce method (runs that differ in a setting, e.g. precision, never pool)
+        baselines = ok[(ok["task"] == task) & is_baseline(ok)].groupby("method")["score"]
+        for (method, ce), (color, dash) in zip(baselines, CE_STYLES):
+            std = ce.std(ddof=1) if len(ce) > 1 else 0.0
+            ax.axhspan(ce.mean() - std, ce.mean() + std, color=color, alpha=0.2, linewidth=0)
+            ax.axhline(ce.mean(), color=color, linestyle=dash, label=f"{method} (n={len(ce)})")
         for method, g in swept[swept["task"] == task].groupby("method"):
             stats = g.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
             if len(stats) >= 2:
