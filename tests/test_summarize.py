@@ -237,3 +237,22 @@ def test_sensitivity_plot_never_pools_unlike_ce_runs(tmp_path, monkeypatch):
     labels = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
     assert labels["m ce [train.precision=auto] (n=2)"] == pytest.approx(81.5)
     assert labels["m ce [train.precision=bf16] (n=2)"] == pytest.approx(71.5)
+
+
+def test_cmi_curves_show_each_method_at_its_chosen_setting(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from cmift.report import plots
+
+    runs = pd.DataFrame([{"run_dir": f"r{s}-{lam}", "method": "m min_cmi", "seed": s,
+                          "setting": f"lam={lam}", "dev.score": score}
+                         for s in (1, 2) for lam, score in ((0.1, 0.8), (1.0, 0.7))])
+    runs = runs.assign(status="ok", task="mrpc")
+    evals = pd.DataFrame([{"run_dir": r, "epoch": e, "dev.cmi": 0.1 * e + (r.endswith("1.0")),
+                           "dev.ncmi": 0.5} for r in runs["run_dir"] for e in (1, 2)])
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and [])
+    plots.curves(runs, evals, tmp_path / "c")
+    lines = drawn["fig"].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["m min_cmi [lam=0.1]"]
+    assert list(lines[0].get_ydata()) == pytest.approx([0.1, 0.2])  # lam 1.0's never pooled in

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmift.report.load import display_name
-from cmift.report.methods import is_baseline, task_score
+from cmift.report.methods import is_baseline, select, task_score
 from cmift.runs.files import atomic_write
 
 
@@ -66,10 +66,15 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
 
 
 def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
-    """Dev CMI and NCMI per evaluation (epoch), mean ± std over seeds, per method and task."""
+    """Dev CMI and NCMI per evaluation (epoch), mean ± std over seeds, per method and task, at
+    the setting the tables chose."""
     if evals.empty or "dev.cmi" not in evals:
         return []
-    data = evals.merge(runs[runs["status"] == "ok"][["run_dir", "task", "method"]], on="run_dir")
+    # each method at the setting the tables chose for the task (lam values never pool)
+    chosen = runs[runs["status"] == "ok"].merge(select(runs), on=["method", "task", "setting"])
+    chosen = chosen.assign(method=chosen["method"] + chosen["setting"].map(
+        lambda s: f" [{s}]" if s else ""))
+    data = evals.merge(chosen[["run_dir", "task", "method"]], on="run_dir")
     if data.empty:
         return []
     import matplotlib.pyplot as plt
@@ -84,7 +89,7 @@ def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
                       stats["std"].fillna(0).to_numpy(), method)
         axes[0][j].set(title=display_name(task), ylabel="dev CMI (output space)")
         axes[1][j].set(xlabel="epoch", ylabel="dev NCMI")
-        axes[0][j].legend(fontsize=6)
+        axes[0][j].legend(fontsize=6, loc="best")
     return _save(fig, path)
 
 
