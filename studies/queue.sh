@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The CPU evidence queue, as two slots that run side by side (one torch thread each; two slots
+# use this 2-core machine best). Every sweep resumes: finished runs are skipped, a run stopped
+# part-way restarts from its last checkpoint. The sweeps run from a clean worktree of one commit
+# (../study-<commit>), so edits in the working checkout never reach a running sweep; records go
+# to this checkout's results/.
+#   bash studies/queue.sh A [commit]   # default commit: HEAD
+#   bash studies/queue.sh B [commit]
+# Logs: /tmp/cmift-queue-<slot>.log. Stop: pkill -f "studies/queue.sh"; pkill -f "python -m cmift"
+set -uo pipefail
+slot=${1:?slot A or B}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+commit=$(git -C "$repo" rev-parse --short "${2:-HEAD}")
+tree="$repo/../study-$commit"
+[ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" "$commit" >/dev/null
+export GLUE_DIR=${GLUE_DIR:-$repo/../shared/glue} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONPATH=$tree
+log=/tmp/cmift-queue-$slot.log
+cpu=(train.precision=bf16 threads=1)   # bf16 autocast: about 2x on this CPU (avx512_bf16)
+tuned=(train.lr=1e-4 train.epochs=5)   # ce_tuning's choice for MiniLM-L6 (MRPC, RTE, CoLA)
+
+sweep() {  # sweep <study> <overrides...>
+  local study=$1; shift
+  echo "$(date +%T) slot $slot: $study $*" >> "$log"
+  (cd "$tree" && python -m cmift -m "experiment=$study" "$@" "${cpu[@]}" \
+     "output_dir=$repo/results/cpu/$study") >> "$log" 2>&1
+}
+
+case $slot in
+  A)  # #14 comparison 1, then its ablations at MRPC's chosen lam (0.1)
+    sweep min_cmi_vs_ce task=mrpc "${tuned[@]}"
+    sweep min_cmi_vs_ce task=rte "${tuned[@]}"
+    sweep min_cmi_vs_ce task=cola "${tuned[@]}" seed=1,2,3
+    sweep min_cmi_vs_ce task=wnli train.lr=2e-5 train.epochs=3 seed=1,2,3
+    sweep min_cmi_vs_ce task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
+      objective.cmi.space=output
+    sweep min_cmi_vs_ce task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
+      objective.cmi.centroid_mode=train
+    sweep ce_tuning_sst2
+    ;;
+  B)  # #17's evidence, then #14 comparison 2, #18, #21
+    sweep guided_dropout "${tuned[@]}"
+    sweep guided_dropout task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
+      dropout=standard,guided
+    sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}"
+    sweep tuning_methods task=rte
+    sweep tuning_methods task=cola
+    sweep mixtures
+    sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}"
+    ;;
+  *) echo "slot A or B" >&2; exit 2 ;;
+esac
+echo "$(date +%T) slot $slot: queue done" >> "$log"
