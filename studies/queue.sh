@@ -37,6 +37,7 @@ case $slot in
     sweep min_cmi_vs_ce task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
       objective.cmi.centroid_mode=train
     sweep ce_tuning_sst2
+    # then: min_cmi_vs_ce task=sst2 data.max_train_samples=10000 at ce_tuning_sst2's choice
     ;;
   B)  # #17's evidence, then #14 comparison 2, #18, #21
     sweep guided_dropout "${tuned[@]}"
@@ -45,6 +46,7 @@ case $slot in
     sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}"
     sweep tuning_methods task=rte
     sweep tuning_methods task=cola
+    sweep tuning_methods task=sst2 data.max_train_samples=10000  # a documented SST-2 subset
     sweep mixtures
     sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}"
     ;;
