@@ -148,3 +148,4 @@ def test_a_run_resumes_exactly_from_checkpoints_of_trained_tensors(tuning, fake_
     glue = (tmp_path / "clean" / "tables" / "glue.md").read_text()
     assert f"tiny ce +{tuning} tuning" in glue and "| trainable" in glue
     assert f"{trainable / 1000:.1f}k" in glue
+    assert "train ex/s" in glue and f"{clean['train_examples_per_second']:.1f}" in glue

@@ -50,6 +50,14 @@ def _count(group: pd.DataFrame) -> str:
                 if n >= d or d == 1)
 
 
+def _speed(group: pd.DataFrame) -> str:
+    """A method's training examples/s: the median over its finished runs (all tasks; each
+    method runs the same tasks, so the medians compare), or — when none has one."""
+    ok = group[group["status"] == "ok"]
+    eps = pd.to_numeric(ok.get("train_examples_per_second"), errors="coerce").dropna()
+    return "—" if eps.empty else f"{eps.median():.1f}"
+
+
 def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display table of strings, numeric table of mean task scores x100), one row per method."""
     tasks = [t for t in TASKS if t in set(runs["task"].dropna())]
@@ -74,6 +82,7 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if "tuning" in runs and (runs["tuning"] != "full").any():  # parameter-efficient rows
         for method, group in runs.groupby("method", sort=True):
             display[method]["trainable"] = _count(group)
+            display[method]["train ex/s"] = _speed(group)
     headers = {t: f"{display_name(t)} ({'/'.join(official_metrics(t))})" for t in tasks}
     frame = pd.DataFrame.from_dict(display, orient="index").rename(columns=headers)
     means = pd.DataFrame.from_dict(numeric, orient="index").rename(columns=headers)
