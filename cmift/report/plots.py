@@ -4,6 +4,7 @@ dev CMI / NCMI across training with seed bands, and guided dropout's rates per l
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,7 @@ def _band(ax, x, mean, std, label, **style):
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-CE_STYLES = [("grey", "--"), ("black", ":"), ("tab:brown", "-."), ("tab:olive", "--")] * 4
+CE_STYLES = [("grey", "--"), ("black", ":"), ("tab:brown", "-."), ("tab:olive", "--")]
 
 
 def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[Path]:
@@ -49,7 +50,7 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
     for ax, task in zip(axes[0], tasks):
         # one band per ce method (runs that differ in a setting, e.g. precision, never pool)
         baselines = ok[(ok["task"] == task) & is_baseline(ok)].groupby("method")["score"]
-        for (method, ce), (color, dash) in zip(baselines, CE_STYLES):
+        for (method, ce), (color, dash) in zip(baselines, cycle(CE_STYLES)):
             std = ce.std(ddof=1) if len(ce) > 1 else 0.0
             ax.axhspan(ce.mean() - std, ce.mean() + std, color=color, alpha=0.2, linewidth=0)
             ax.axhline(ce.mean(), color=color, linestyle=dash, label=f"{method} (n={len(ce)})")

@@ -45,11 +45,16 @@ def pick_device(precision: str) -> Device:
     return Device(torch.device("cpu"), dtype)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix kernels (avx512_bf16 or AMX), as oneDNN reports it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def bf16_hint(precision: str, device: Device) -> str | None:
     """A line for a CPU run left at `auto` (fp32) on a CPU that has bf16 kernels: bf16 autocast
     is about 2x faster there. Not the default, so that finished fp32 runs keep their results."""
     if (precision == "auto" and device.device.type == "cpu" and device.amp_dtype is None
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            and cpu_has_bf16()):
         return ("this CPU has bf16 kernels: train.precision=bf16 trains about 2x faster "
                 "(a run of its own, never pooled with fp32 runs; README, Performance)")
     return None
