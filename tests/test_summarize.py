@@ -131,6 +131,33 @@ def test_cells_never_pool_runs_that_differ(tmp_path):
     assert "**90.0/80.0 (n=1)**" in md and "**70.0" not in md  # the best cell is bold
 
 
+def test_a_setting_that_splits_one_method_is_named_on_every_row_that_sets_it(tmp_path):
+    """ce runs at two max_train_samples, a guided-dropout method run at one of them (on one
+    task only): its label names that value; its missing task is '—' in the deltas; a partial
+    average (*) is never the bold best."""
+    for seed in (1, 2):
+        make_run(tmp_path, "mrpc", "ce", seed, {"accuracy": 0.80, "f1": 0.90},
+                 max_train_samples=100)
+        make_run(tmp_path, "mrpc", "ce", seed, {"accuracy": 0.70, "f1": 0.80},
+                 max_train_samples=200)
+        make_run(tmp_path, "rte", "ce", seed, {"accuracy": 0.60}, max_train_samples=200)
+        make_run(tmp_path, "mrpc", "ce", seed, {"accuracy": 0.90, "f1": 0.95},
+                 dropout="guided", max_train_samples=200)
+        for task in ("mrpc", "rte"):  # a method that ran both tasks gives the deltas RTE
+            make_run(tmp_path, task, "ce", seed, {"accuracy": 0.5, "f1": 0.5}, dropout="none",
+                     max_train_samples=200)
+    out = write_tables([str(tmp_path)], tmp_path / "t", ["md"], "last", plots=False)
+    guided = "m ce +guided dropout [data.max_train_samples=200]"
+    assert sorted(out["glue"].index) == [guided, "m ce [data.max_train_samples=100]",
+                                         "m ce [data.max_train_samples=200]",
+                                         "m ce without dropout [data.max_train_samples=200]"]
+    assert out["delta"].loc[guided, "MRPC"] == "+17.5 [+17.5, +17.5] W2/L0 of 2"
+    assert out["delta"].loc[guided, "RTE"] == "—"
+    assert out["glue"].loc[guided, "avg"] == "92.5*"  # MRPC only
+    md = (tmp_path / "t" / "glue.md").read_text()
+    assert "**67.5**" in md and "**92.5*" not in md  # complete averages: ce 67.5, none 50
+
+
 def test_smoke_runs_are_labelled(tmp_path):
     for seed in (1, 2):
         make_run(tmp_path, "rte", "ce", seed, {"accuracy": 0.5 + seed / 100})

@@ -61,6 +61,18 @@ def _label(first) -> str:
     return label
 
 
+def _varying(group: pd.DataFrame, tune: tuple[str, ...]) -> tuple[list, list, pd.DataFrame]:
+    """(the tuned knobs' columns, the identity settings that differ between the group's runs
+    of one task, every setting's value as text) for one method group."""
+    first = group.iloc[0]
+    hp = [f"cfg.{k}" for k in hparam_keys(first["objective"], first["distillation"]) + list(tune)]
+    cols = [c for c in group.columns if c.startswith("cfg.") and c not in hp
+            and c not in NOT_METHOD]
+    texts = group[cols].map(as_text)
+    per_task = texts.groupby(group["task"]).nunique()
+    return hp, [c for c in cols if (per_task[c] > 1).any()], texts
+
+
 def is_baseline(runs: pd.DataFrame) -> pd.Series:
     """The rows of the baseline every method is compared with: ce with standard dropout."""
     return ((runs["objective"] == "ce") & (runs["dropout"] == "standard")
@@ -80,17 +92,18 @@ def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
     runs["tuning"] = runs.get("tuning", pd.Series("full", index=runs.index)).fillna("full")
     runs["mixture"] = runs.get("mixture", pd.Series("none", index=runs.index)).fillna("none")
     runs["method"], runs["setting"] = "", ""
-    for _, group in runs.groupby(["model", "objective", "distillation", "student", "dropout",
-                                  "tuning", "mixture"], dropna=False, sort=False):
+    groups = [group for _, group in runs.groupby(
+        ["model", "objective", "distillation", "student", "dropout", "tuning", "mixture"],
+        dropna=False, sort=False)]
+    found = [_varying(group, tune) for group in groups]
+    # a setting that splits some method's rows is named on every row that sets it, so that a
+    # method run at one value (say only bf16) does not read as the other rows' default
+    split_any = {c for _, varying, _ in found for c in varying}
+    for group, (hp, varying, texts) in zip(groups, found):
         first = group.iloc[0]
-        tuned = hparam_keys(first["objective"], first["distillation"]) + list(tune)
-        short = short_names(tuned)
-        hp = [f"cfg.{k}" for k in tuned]
-        cols = [c for c in group.columns if c.startswith("cfg.") and c not in hp
-                and c not in NOT_METHOD]
-        texts = group[cols].map(as_text)
-        per_task = texts.groupby(group["task"]).nunique()
-        varying = [c for c in cols if (per_task[c] > 1).any()]
+        short = short_names([c[4:] for c in hp])
+        varying = [c for c in texts.columns
+                   if c in varying or (c in split_any and group[c].notna().all())]
         for idx in group.index:
             extra = ",".join(f"{c[4:]}={texts.at[idx, c]}" for c in varying)
             runs.at[idx, "method"] = f"{_label(first)} [{extra}]" if extra else _label(first)

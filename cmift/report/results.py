@@ -61,11 +61,11 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> s
              to_markdown(glue, best_cells(glue, means)), ""]
     if not delta.empty:
         lines += ["Paired difference to ce (same model, data, recipe and seed; points; mean "
-                  "[95% t interval], wins/losses):", "", delta.to_markdown(), ""]
+                  "[95% t interval], wins/losses):", "", to_markdown(delta), ""]
     mixtures = mixture_table(runs)
     if not mixtures.empty:
         lines += ["Mixtures trained with (proportion of training batches per task, mean±std "
-                  "over seeds):", "", mixtures.to_markdown(), ""]
+                  "over seeds):", "", to_markdown(mixtures), ""]
     lines += [f"![{p.stem}]({p.relative_to(doc_dir).as_posix()})" for p in made
               if p.suffix == ".png"]
     return "\n".join(lines) + "\n"

@@ -75,9 +75,10 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             num[task] = score * 100
         scores = [num[t] for t in tasks]
         done = [s for s in scores if not math.isnan(s)]
-        num["avg"] = float(np.mean(done)) if done else np.nan
-        disp["avg"] = "—" if not done else f"{num['avg']:.1f}" + (
-            "" if len(done) == len(scores) else "*")
+        partial = len(done) < len(scores)
+        disp["avg"] = "—" if not done else f"{np.mean(done):.1f}" + ("*" if partial else "")
+        # a partial average (*) is over fewer tasks: never compared, so never the best
+        num["avg"] = np.nan if partial or not done else float(np.mean(done))
         display[method], numeric[method] = disp, num
     if "tuning" in runs and (runs["tuning"] != "full").any():  # parameter-efficient rows
         for method, group in runs.groupby("method", sort=True):
@@ -128,7 +129,7 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             cells[task] = paired_delta((pairs["score"] - pairs["score_ce"]).to_numpy() * 100)
         table[method] = cells
-    frame = pd.DataFrame.from_dict(table, orient="index")
+    frame = pd.DataFrame.from_dict(table, orient="index").fillna("—")  # a task it did not run
     return frame[[t for t in TASKS if t in frame.columns]].rename(columns=str.upper)
 
 
@@ -145,7 +146,9 @@ def to_markdown(frame: pd.DataFrame, mask: pd.DataFrame | None = None) -> str:
     shown = frame.copy()
     if mask is not None:
         shown = shown.where(~mask, "**" + shown.astype(str) + "**")
-    return shown.to_markdown()
+    # cells are text already formatted: tabulate would re-format number-like ones ("246.0" ->
+    # "246") and align them differently from their column
+    return shown.to_markdown(disable_numparse=True)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
