@@ -283,3 +283,26 @@ def test_cmi_curves_show_each_method_at_its_chosen_setting(tmp_path, monkeypatch
     lines = drawn["fig"].axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["m min_cmi [lam=0.1]"]
     assert list(lines[0].get_ydata()) == pytest.approx([0.1, 0.2])  # lam 1.0's never pooled in
+
+
+def test_a_method_has_one_colour_in_every_panel_under_one_legend(tmp_path, monkeypatch):
+    """Methods missing from a panel must not shift the others' colours: the legend is shared."""
+    import pandas as pd
+
+    from cmift.report import plots
+
+    rows = [{"run_dir": f"{t}-{m}-{s}", "method": m, "task": t, "seed": s, "setting": "",
+             "dev.score": 0.8} for t, methods in (("mrpc", "abc"), ("rte", "bc"))
+            for m in methods for s in (1, 2)]
+    runs = pd.DataFrame(rows).assign(status="ok")
+    evals = pd.DataFrame([{"run_dir": r, "epoch": e, "dev.cmi": 0.1 * e, "dev.ncmi": 0.5}
+                          for r in runs["run_dir"] for e in (1, 2)])
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and [])
+    plots.curves(runs, evals, tmp_path / "c")
+    fig = drawn["fig"]
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()}
+               for ax in fig.axes]
+    assert colours[0]["b"] == colours[1]["b"] and colours[0]["c"] == colours[1]["c"]
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == \
+        ["a", "b", "c"]

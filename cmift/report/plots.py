@@ -18,7 +18,8 @@ def _save(fig, path: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = [path.with_suffix(".pdf"), path.with_suffix(".png")]
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     for p in paths:
         # fixed metadata: the same runs give the same bytes
         meta = {"CreationDate": None} if p.suffix == ".pdf" else {"Software": None}
@@ -26,6 +27,26 @@ def _save(fig, path: Path) -> list[Path]:
                                                                metadata=meta), binary=True)
     plt.close(fig)
     return paths
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for all panels, under them: inside a panel it hid the curves, and the
+    methods are the same in every panel (figures made with layout="constrained")."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center", fontsize=7)
+
+
+def _colors(methods) -> dict:
+    """method -> one colour in every panel (a panel's own colour cycle would give the same
+    method different colours, under one shared legend)."""
+    import matplotlib.pyplot as plt
+
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {m: palette[i % len(palette)] for i, m in enumerate(sorted(set(methods)))}
 
 
 def _band(ax, x, mean, std, label, **style):
@@ -46,7 +67,10 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
     import matplotlib.pyplot as plt
 
     tasks = sorted(swept["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    rows = len(set(ok["method"]))  # legend lines, under the panels
+    colors = _colors(swept["method"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 4.2 * len(tasks)), 3.4 + 0.16 * rows),
+                             squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
         # one band per ce method (runs that differ in a setting, e.g. precision, never pool)
         baselines = ok[(ok["task"] == task) & is_baseline(ok)].groupby("method")["score"]
@@ -58,11 +82,12 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
             stats = g.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
             if len(stats) >= 2:
                 _band(ax, stats.index.to_numpy(float), stats["mean"].to_numpy(),
-                      stats["std"].fillna(0).to_numpy(), f"{method} (n={stats['count'].max()})")
+                      stats["std"].fillna(0).to_numpy(), f"{method} (n={stats['count'].max()})",
+                      color=colors[method])
         if (swept[col] > 0).all():
             ax.set_xscale("log")
         ax.set(title=display_name(task), xlabel=xlabel, ylabel="dev task score")
-        ax.legend(fontsize=6)
+    _legend_below(fig, axes[0])
     return _save(fig, path)
 
 
@@ -81,16 +106,18 @@ def curves(runs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     tasks = sorted(data["task"].unique())
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6), squeeze=False)
+    rows, colors = data["method"].nunique(), _colors(data["method"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(max(6.4, 4.2 * len(tasks)), 6 + 0.16 * rows),
+                             squeeze=False, layout="constrained")
     for j, task in enumerate(tasks):
         for method, g in data[data["task"] == task].groupby("method"):
             for row, metric in enumerate(("dev.cmi", "dev.ncmi")):
                 stats = g.groupby("epoch")[metric].agg(["mean", "std"])
                 _band(axes[row][j], stats.index.to_numpy(float), stats["mean"].to_numpy(),
-                      stats["std"].fillna(0).to_numpy(), method)
+                      stats["std"].fillna(0).to_numpy(), method, color=colors[method])
         axes[0][j].set(title=display_name(task), ylabel="dev CMI (output space)")
         axes[1][j].set(xlabel="epoch", ylabel="dev NCMI")
-        axes[0][j].legend(fontsize=6, loc="best")
+    _legend_below(fig, axes.ravel())
     return _save(fig, path)
 
 
