@@ -37,7 +37,7 @@ bench:      # every measurement, ratios against peers in the same run -> docs/PE
 	$(PYTHON) bench/run_all.py --glue-dir $(GLUE_DIR)
 
 lint:
-	$(PYTHON) -m ruff check cmift tests bench
+	$(PYTHON) -m ruff check cmift tests bench studies
 
 clean-cache:
 	rm -rf $${CMIFT_CACHE:-$$HOME/.cache/cmift}

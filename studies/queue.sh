@@ -36,8 +36,11 @@ case $slot in
       objective.cmi.space=output
     sweep min_cmi_vs_ce task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
       objective.cmi.centroid_mode=train
-    sweep ce_tuning_sst2
-    # then: min_cmi_vs_ce task=sst2 data.max_train_samples=10000 at ce_tuning_sst2's choice
+    # SST-2 on its first 10,000 training examples: tune ce's recipe, then compare at its choice
+    # (read from the finished grid by the tables' rule; a partial grid chooses nothing)
+    sweep ce_tuning_sst2 && recipe=$(cd "$tree" && python studies/chosen_recipe.py \
+      "$repo/results/cpu/ce_tuning_sst2" sst2) &&
+      sweep min_cmi_vs_ce task=sst2 data.max_train_samples=10000 $recipe seed=1,2,3
     ;;
   B)  # #17's evidence, then #14 comparison 2, #18, #21
     sweep guided_dropout "${tuned[@]}"
@@ -46,7 +49,7 @@ case $slot in
     sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}"
     sweep tuning_methods task=rte
     sweep tuning_methods task=cola
-    sweep tuning_methods task=sst2 data.max_train_samples=10000  # a documented SST-2 subset
+    sweep tuning_methods task=sst2 data.max_train_samples=8000  # the preset's documented subset
     sweep mixtures
     sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}"
     ;;

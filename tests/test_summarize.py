@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from cmift.report.summarize import write_tables
+from conftest import REPO
 
 
 def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m",
@@ -306,3 +307,27 @@ def test_a_method_has_one_colour_in_every_panel_under_one_legend(tmp_path, monke
     assert colours[0]["b"] == colours[1]["b"] and colours[0]["c"] == colours[1]["c"]
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == \
         ["a", "b", "c"]
+
+
+def test_the_queue_reads_a_tuning_studys_choice_from_its_finished_grid(tmp_path):
+    """studies/chosen_recipe.py: the committed ce_tuning records give the reading's choices;
+    a grid with an unfinished run chooses nothing."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "studies"))
+    try:
+        from chosen_recipe import chosen
+    finally:
+        sys.path.pop(0)
+    records = REPO / "results" / "cpu" / "ce_tuning"
+    if not records.is_dir():
+        pytest.skip("no committed ce_tuning records in this checkout")
+    assert chosen(str(records), "mrpc") == "train.lr=0.0001 train.epochs=5"
+    assert chosen(str(records), "wnli") == "train.lr=2e-05 train.epochs=3"
+    assert chosen(str(records), "sst2") is None  # not run
+    partial = tmp_path / "ce_tuning"
+    shutil.copytree(records / "wnli", partial / "wnli")
+    [first, *_] = sorted(partial.rglob("metrics.json"))
+    record = json.loads(first.read_text())
+    first.write_text(json.dumps({**record, "status": "running"}))
+    assert chosen(str(partial), "wnli") is None

@@ -1,0 +1,42 @@
+"""The ce recipe a tuning study chose for one task, as command-line overrides, so the queue can
+run the next study at it without a person reading the table:
+
+  python studies/chosen_recipe.py results/cpu/ce_tuning_sst2 sst2  # train.lr=.. train.epochs=..
+
+The same rule as the tables (cmift.report): the best mean selection-split score over seeds.
+Exits 1 (printing nothing) when the study has no finished run of that task or a run of it is
+not finished: a partial grid must not choose.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cmift.report.load import load_runs
+from cmift.report.methods import add_methods, select
+from cmift.report.results import TUNE
+
+
+def chosen(folder: str, task: str) -> str | None:
+    study = folder.rstrip("/").rsplit("/", 1)[-1]
+    runs, _ = load_runs([folder], "last")
+    if runs.empty:
+        return None
+    runs = runs[runs["task"] == task]
+    if runs.empty or (runs["status"] != "ok").any():
+        return None
+    keys = TUNE.get(study, ("train.lr", "train.epochs"))
+    pick = select(add_methods(runs, keys))
+    if len(pick) != 1:  # one method per tuning study: anything else is not a recipe choice
+        return None
+    values = dict(part.split("=", 1) for part in pick["setting"].iloc[0].split(","))
+    return " ".join(f"{key}={values[key.rsplit('.', 1)[-1]]}" for key in keys)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python studies/chosen_recipe.py <results/cpu/study> <task>")
+    recipe = chosen(sys.argv[1], sys.argv[2])
+    if recipe is None:
+        sys.exit(1)
+    print(recipe)
