@@ -9,10 +9,16 @@
 # Logs: /tmp/cmift-queue-<slot>.log. Stop: pkill -f "studies/queue.sh"; pkill -f "python -m cmift"
 set -uo pipefail
 slot=${1:?slot A or B}
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=${CMIFT_QUEUE_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 commit=$(git -C "$repo" rev-parse --short "${2:-HEAD}")
 tree="$repo/../study-$commit"
 [ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" "$commit" >/dev/null
+# bash reads a script as it runs it: run the worktree's copy, so that editing this file in the
+# checkout never reaches a running queue (records still go to the checkout's results/)
+# (a commit from before this line runs on from here: its copy would write to its own results/)
+if [ -z "${CMIFT_QUEUE_REPO:-}" ] && grep -q CMIFT_QUEUE_REPO "$tree/studies/queue.sh"; then
+  CMIFT_QUEUE_REPO=$repo exec bash "$tree/studies/queue.sh" "$slot" "$commit"
+fi
 export GLUE_DIR=${GLUE_DIR:-$repo/../shared/glue} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export PYTHONPATH=$tree
 log=/tmp/cmift-queue-$slot.log
