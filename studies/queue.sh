@@ -53,6 +53,7 @@ case $slot in
     sweep guided_dropout task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
       dropout=standard,guided
     sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}"
+    sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}" distillation=ttm,wttm  # extra rows, same teachers
     sweep tuning_methods task=rte
     sweep tuning_methods task=cola
     sweep tuning_methods task=sst2 data.max_train_samples=8000  # the preset's documented subset
