@@ -79,6 +79,7 @@ def test_results_document_is_rebuilt_byte_for_byte(tmp_path):
     second = write_results(tmp_path / "results", docs / "RESULTS.md")
     assert first == second == (docs / "RESULTS.md").read_text()
     assert "## toy_study (cpu)" in first and "Hand-written." in first
+    assert "| toy_study (cpu) | 4 |" in first and "| **total** | **4** |" in first  # spent
     # no preset named toy_study: its records gather the seeds only
     assert ("cmift -m experiment=toy_study objective.cmi.lam=0.1 seed=1,2\n"
             "cmift -m experiment=toy_study objective.cmi.lam=1.0 seed=1,2\n") in first

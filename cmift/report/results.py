@@ -34,19 +34,43 @@ steps; no weights). Do not edit by hand: the reading below comes from `docs/resu
 TUNE = {"ce_tuning": ("train.lr", "train.epochs"), "ce_tuning_sst2": ("train.lr", "train.epochs")}
 
 
-def _cost(runs: pd.DataFrame) -> str:
+def _spent(runs: pd.DataFrame) -> tuple[int, float]:
+    """(finished runs, their training + evaluation seconds)."""
     ok = runs[runs["status"] == "ok"]
     seconds = pd.to_numeric(ok.get("train_seconds"), errors="coerce").fillna(0).sum() + \
         pd.to_numeric(ok.get("eval_seconds"), errors="coerce").fillna(0).sum()
+    return len(ok), float(seconds)
+
+
+def _cost(runs: pd.DataFrame) -> str:
+    n, seconds = _spent(runs)
     failed = int((runs["status"] != "ok").sum())
-    text = f"{len(ok)} finished runs, {seconds / 3600:.2f} hours of training and evaluation"
+    text = f"{n} finished runs, {seconds / 3600:.2f} hours of training and evaluation"
     return text + (f", {failed} failed or unfinished" if failed else "")
 
 
-def study_section(platform: str, study: Path, figures: Path, doc_dir: Path) -> str:
+def spent_table(spent: dict[str, tuple[int, float]]) -> str:
+    """The compute the committed records cost, per study and in all (the plan's counterpart)."""
+    if not spent:
+        return ""
+    rows = [f"| {name} | {n} | {seconds / 3600:.2f} |" for name, (n, seconds) in spent.items()]
+    total_n, total_s = sum(n for n, _ in spent.values()), sum(s for _, s in spent.values())
+    return "\n".join(["## Compute spent (from the records)", "",
+                      "Training and evaluation time of the finished runs committed under "
+                      "`results/`, as each run measured it: on this CPU two sweeps usually "
+                      "shared the two cores, and a run resumed from a checkpoint counts from "
+                      "its resumption.", "",
+                      "| study | finished runs | hours |", "|---|---|---|", *rows,
+                      f"| **total** | **{total_n}** | **{total_s / 3600:.2f}** |", ""])
+
+
+def study_section(platform: str, study: Path, figures: Path, doc_dir: Path,
+                  spent: dict | None = None) -> str:
     runs, evals = load_runs([str(study)], "last")
     if runs.empty:
         return ""
+    if spent is not None:
+        spent[f"{study.name} ({platform})"] = _spent(runs)
     runs = add_methods(runs, TUNE.get(study.name, ()))
     glue, means = glue_table(runs)
     delta = delta_table(runs)
@@ -77,9 +101,11 @@ def write_results(results: Path, doc: Path) -> str:
     reading = doc.parent / "results_reading.md"
     if reading.is_file():
         sections.append(reading.read_text().rstrip() + "\n")
+    spent: dict[str, tuple[int, float]] = {}
     for platform in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
         for study in sorted(p for p in platform.iterdir() if p.is_dir()):
-            sections.append(study_section(platform.name, study, figures, doc.parent))
+            sections.append(study_section(platform.name, study, figures, doc.parent, spent))
+    sections.insert(2 if reading.is_file() else 1, spent_table(spent))
     text = "\n".join(s for s in sections if s)
     write_text(doc, text)
     return text
