@@ -50,7 +50,7 @@ def _job(cfg: DictConfig) -> float:
     from cmift.data.tasks import DataError
     from cmift.runs.record import RunRecord
     from cmift.runs.rundir import claim_run_dir, finished_ok, release_run_dir
-    from cmift.runs.sweep import launcher_threads, record_failure
+    from cmift.runs.sweep import launcher_threads, plan_status, record_failure, report_plan
 
     hydra_cfg = HydraConfig.get()
     base = Path(hydra_cfg.runtime.output_dir)
@@ -59,12 +59,20 @@ def _job(cfg: DictConfig) -> float:
         # before anything heavy is imported: a bad value answers at once
         validate(cfg, list(hydra_cfg.overrides.task))
     except ConfigError as e:
+        if cfg.plan and sweeping:
+            report_plan(base, Path(cfg.output_dir), "invalid", str(e))
+            return -math.inf
         if not sweeping:
             _fail(str(e))
         RunRecord.failed_to_start(cfg, base, list(hydra_cfg.overrides.task), str(e))
         print(f"cmift: run {base} failed: {e}", file=sys.stderr)
         record_failure(base, str(e))
         return -math.inf
+    if cfg.plan:
+        status = plan_status(base)
+        report_plan(base, Path(cfg.output_dir),
+                    "to run" if cfg.rerun and status == "finished" else status)
+        return _finished_score(base) if status == "finished" else -math.inf
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")
         return _finished_score(base)

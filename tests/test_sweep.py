@@ -5,10 +5,8 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,8 +16,8 @@ TINY = ["model=tiny", "train.max_steps=4", "data.max_train_samples=64",
         "data.max_eval_samples=32", "train.batch_size=16"]
 
 
-def cmift(*args, cwd, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def cmift(*args, cwd, faults="", **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CMIFT_FAULTS": faults}
     return subprocess.Popen([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -68,23 +66,43 @@ def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(glue_dir, tmp_path):
-    args = ["-m", "task=mrpc", "seed=1,2,3", *TINY, f"data.glue_dir={glue_dir}",
-            f"output_dir={tmp_path}/out"]
-    proc = cmift(*args, cwd=tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and "ok" not in statuses(tmp_path / "out").values():
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C after the first run finished
-    finish(proc)
-    done = [k for k, v in statuses(tmp_path / "out").items() if v == "ok"]
-    assert 1 <= len(done) < 3
+    common = ["task=mrpc", *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
+    args = ["-m", "seed=1,2,3", *common]
+    assert finish(cmift("seed=1", *common, cwd=tmp_path))[0] == 0  # the sweep's first run
+    # Ctrl-C at a known step of the sweep's second run (the first is skipped: it takes no step)
+    code, out, err = finish(cmift(*args, cwd=tmp_path, faults="sigint@2"))
+    assert code != 0 and "interrupted" in err
+    found = statuses(tmp_path / "out")
+    done = [k for k, v in found.items() if v == "ok"]
+    assert len(done) == 1 and "seed=1" in done[0] and len(found) == 2  # seed 3 never started
     mtimes = {k: (tmp_path / "out" / k / "metrics.json").stat().st_mtime_ns for k in done}
+    plan = finish(cmift(*args, "plan=true", cwd=tmp_path))[1]
+    assert "cmift: plan: 3 runs: 1 finished, 1 partial, 1 to run" in plan
     code, out, err = finish(cmift(*args, cwd=tmp_path))
     assert code == 0, err[-2000:]
-    assert out.count("skipped") == len(done)
+    assert out.count("skipped") == 1
     assert sorted(statuses(tmp_path / "out").values()) == ["ok"] * 3
     assert all((tmp_path / "out" / k / "metrics.json").stat().st_mtime_ns == t
                for k, t in mtimes.items())
+
+
+def test_plan_lists_a_sweeps_runs_and_writes_nothing(glue_dir, tmp_path):
+    """plan=true: one line per distinct run (ce is one run under a lam sweep) and a summary;
+    no run directory, record or multirun.yaml appears or changes."""
+    common = ["task=mrpc", *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
+    assert finish(cmift("objective=ce", *common, cwd=tmp_path))[0] == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, out, err = finish(cmift("-m", "objective=ce,min_cmi", "objective.cmi.lam=0.1,1",
+                                  *common, "plan=true", cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    lines = [line for line in out.splitlines() if line.startswith("cmift: plan: ")]
+    assert len(lines) == 4 and lines[-1] == "cmift: plan: 3 runs: 1 finished, 2 to run"
+    assert sum("finished" in line and "/ce/" in line for line in lines) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # a plan of runs that do not exist yet leaves no folder behind
+    finish(cmift("-m", "seed=7,8", *common[:-1], f"output_dir={tmp_path}/new", "plan=true",
+                 cwd=tmp_path))
+    assert not (tmp_path / "new").exists()
 
 
 def test_joblib_launcher_runs_jobs_in_parallel(glue_dir, tmp_path):

@@ -253,6 +253,8 @@ def schema() -> type:
         ("output_dir", str, knob("outputs", identity=False)),
         # run again even when the run directory already holds an ok run
         ("rerun", bool, knob(False, identity=False)),
+        # list the runs a command would train and whether each is finished; train nothing
+        ("plan", bool, knob(False, identity=False)),
     ]))
 
 
