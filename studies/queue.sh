@@ -7,6 +7,7 @@
 #   bash studies/queue.sh A [commit]   # default commit: HEAD
 #   bash studies/queue.sh B [commit]
 # Logs: /tmp/cmift-queue-<slot>.log. Stop: pkill -f "studies/queue.sh"; pkill -f "python -m cmift"
+# How far each sweep has got (trains nothing): QUEUE_PLAN=1 bash studies/queue.sh A
 set -uo pipefail
 slot=${1:?slot A or B}
 repo=${CMIFT_QUEUE_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -27,6 +28,12 @@ tuned=(train.lr=1e-4 train.epochs=5)   # ce_tuning's choice for MiniLM-L6 (MRPC,
 
 sweep() {  # sweep <study> <overrides...>
   local study=$1; shift
+  if [ -n "${QUEUE_PLAN:-}" ]; then  # QUEUE_PLAN=1 bash studies/queue.sh A: progress, no training
+    (cd "$tree" && python -m cmift -m "experiment=$study" "$@" "${cpu[@]}" plan=true \
+       "output_dir=$repo/results/cpu/$study" 2>/dev/null) | grep "^cmift: plan: [0-9]* runs" |
+      sed "s|^cmift: plan: |$slot: $study $* -> |"
+    return 0
+  fi
   echo "$(date +%T) slot $slot: $study $*" >> "$log"
   (cd "$tree" && python -m cmift -m "experiment=$study" "$@" "${cpu[@]}" \
      "output_dir=$repo/results/cpu/$study") >> "$log" 2>&1
@@ -62,4 +69,4 @@ case $slot in
     ;;
   *) echo "slot A or B" >&2; exit 2 ;;
 esac
-echo "$(date +%T) slot $slot: queue done" >> "$log"
+[ -n "${QUEUE_PLAN:-}" ] || echo "$(date +%T) slot $slot: queue done" >> "$log"
