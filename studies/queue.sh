@@ -13,7 +13,7 @@ slot=${1:?slot A or B}
 repo=${CMIFT_QUEUE_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 commit=$(git -C "$repo" rev-parse --short "${2:-HEAD}")
 tree="$repo/../study-$commit"
-[ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" "$commit" >/dev/null
+[ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" "$commit" >/dev/null 2>&1
 # bash reads a script as it runs it: run the worktree's copy, so that editing this file in the
 # checkout never reaches a running queue (records still go to the checkout's results/)
 # (a commit from before this line runs on from here: its copy would write to its own results/)
@@ -54,6 +54,10 @@ case $slot in
     sweep ce_tuning_sst2 && recipe=$(cd "$tree" && python studies/chosen_recipe.py \
       "$repo/results/cpu/ce_tuning_sst2" sst2) &&
       sweep min_cmi_vs_ce task=sst2 data.max_train_samples=10000 $recipe seed=1,2,3
+    # then B's last sweeps from the other end: a run one slot has claimed or finished, the
+    # other skips (run-directory lock), so the two slots share the tail of the queue
+    sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}"
+    sweep mixtures
     ;;
   B)  # #17's evidence, then #14 comparison 2, #18, #21
     sweep guided_dropout "${tuned[@]}"
