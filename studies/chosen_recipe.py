@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from cmift.report.load import load_runs
-from cmift.report.methods import add_methods, select
+from cmift.report.methods import add_methods, as_text, select
 from cmift.report.results import TUNE
 
 
@@ -26,11 +26,13 @@ def chosen(folder: str, task: str) -> str | None:
     if runs.empty or (runs["status"] != "ok").any():
         return None
     keys = TUNE.get(study, ("train.lr", "train.epochs"))
-    pick = select(add_methods(runs, keys))
+    runs = add_methods(runs, keys)
+    pick = select(runs)
     if len(pick) != 1:  # one method per tuning study: anything else is not a recipe choice
         return None
-    values = dict(part.split("=", 1) for part in pick["setting"].iloc[0].split(","))
-    return " ".join(f"{key}={values[key.rsplit('.', 1)[-1]]}" for key in keys)
+    # the values from a run of the chosen setting, not parsed back from the setting's label
+    run = runs[runs["setting"] == pick["setting"].iloc[0]].iloc[0]
+    return " ".join(f"{key}={as_text(run[f'cfg.{key}'])}" for key in keys)
 
 
 if __name__ == "__main__":
