@@ -6,6 +6,7 @@ Only the config schema is imported up front: torch and transformers load inside 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -72,6 +73,9 @@ def _job(cfg: DictConfig) -> float:
         status = plan_status(base)
         report_plan(base, Path(cfg.output_dir),
                     "to run" if cfg.rerun and status == "finished" else status)
+        if not sweeping:  # a sweep's folder is put back by SweepReport; a run's is here
+            with contextlib.suppress(OSError):
+                Path(cfg.output_dir).rmdir()  # only when empty
         return _finished_score(base) if status == "finished" else -math.inf
     if finished_ok(base) and not cfg.rerun:
         print(f"cmift: {base} already finished ok; skipped (rerun=true runs it again)")

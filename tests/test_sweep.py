@@ -103,6 +103,11 @@ def test_plan_lists_a_sweeps_runs_and_writes_nothing(glue_dir, tmp_path):
     finish(cmift("-m", "seed=7,8", *common[:-1], f"output_dir={tmp_path}/new", "plan=true",
                  cwd=tmp_path))
     assert not (tmp_path / "new").exists()
+    # nor does a single run's plan
+    code, out, _ = finish(cmift(*common[:-1], f"output_dir={tmp_path}/one", "plan=true",
+                                cwd=tmp_path))
+    assert code == 0 and "cmift: plan: to run" in out
+    assert not (tmp_path / "one").exists()
 
 
 def test_joblib_launcher_runs_jobs_in_parallel(glue_dir, tmp_path):
