@@ -111,13 +111,31 @@ def category(op: str) -> str:
     if op in ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data") or \
             "scaled_dot_product" in op:
         return "attention (bmm, softmax; forward and backward)"
-    if op == "aten::bernoulli_":
-        return "dropout masks (bernoulli_)"
+    if op in ("aten::bernoulli_", "aten::uniform_"):  # torch's masks; uniform-draw masks
+        return "dropout masks (bernoulli_ or uniform_)"
     if "adam" in op.lower() or "zero_grad" in op:
         return "optimizer (fused AdamW, zero_grad)"
     if op in ("aten::copy_", "aten::_to_copy"):  # autocast's casts of weights and activations
         return "copies and dtype casts (copy_, _to_copy)"
     return "other operators (layer norm, GELU, dropout scaling, ...)"
+
+
+def train_step(model, optimizer, collate, indices, amp_dtype) -> float:
+    """One training step as cmift's loop takes it (forward, loss, backward, clipping, fused
+    AdamW); returns the seconds spent padding and collating the batch."""
+    import torch
+
+    start = time.perf_counter()
+    batch = collate(indices)
+    data = time.perf_counter() - start
+    with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return data
 
 
 def profile_step(model, collate, batches, amp_dtype, warmup: int = 3, steps: int = 5) -> dict:
@@ -128,27 +146,13 @@ def profile_step(model, collate, batches, amp_dtype, warmup: int = 3, steps: int
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
-
-    def step(indices) -> float:
-        start = time.perf_counter()
-        batch = collate(indices)
-        data = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16,
-                            enabled=amp_dtype is not None):
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return data
-
     for indices in batches[:warmup]:
-        step(indices)
+        train_step(model, optimizer, collate, indices, amp_dtype)
     chosen = batches[warmup:warmup + steps]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        data = sum(step(indices) for indices in chosen)
+        data = sum(train_step(model, optimizer, collate, indices, amp_dtype)
+                   for indices in chosen)
         wall = time.perf_counter() - start
     spent: dict[str, float] = {}
     for event in prof.key_averages():
@@ -159,6 +163,73 @@ def profile_step(model, collate, batches, amp_dtype, warmup: int = 3, steps: int
     spent["data (padding, collation)"] = data
     spent["Python and dispatch overhead (unaccounted)"] = max(0.0, wall - sum(spent.values()))
     return {"wall": wall / len(chosen), "per_step": {k: v / len(chosen) for k, v in spent.items()}}
+
+
+def paired_masks(model, collate, batches, amp_dtype, steps: int) -> dict:
+    """Whole training steps with torch's bernoulli_ masks against `train.dropout_masks=uniform`
+    (two copies of the model, the same batches), alternating step by step and which goes first,
+    so that the machine's drift falls on both alike: median step time of each and the median of
+    the paired ratios."""
+    import copy
+    import statistics
+
+    import torch
+
+    from cmift.dropout.masks import draw_masks
+
+    models = {"bernoulli": copy.deepcopy(model).train(), "uniform": copy.deepcopy(model).train()}
+    draw_masks(models["uniform"], "uniform")
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=2e-5, fused=True)
+                  for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(steps + 2):  # the first two (one each way) warm up
+        indices = batches[i % len(batches)]
+        for name in (("bernoulli", "uniform") if i % 2 else ("uniform", "bernoulli")):
+            start = time.perf_counter()
+            train_step(models[name], optimizers[name], collate, indices, amp_dtype)
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+    ratios = [u / b for u, b in zip(times["uniform"], times["bernoulli"])]
+    return {"steps": steps, "ratio": statistics.median(ratios),
+            **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def act_on_masks(model, collate, batches, precisions: dict, steps: int = 24) -> dict:
+    """Dropout masks' share, acted on: `train.dropout_masks=uniform` against torch's bernoulli_
+    in the precision the CPU studies train in (bf16 where the CPU has it), as whole steps paired
+    at the bench's thread count and at 1 (how the studies run, two side by side), and the
+    uniform step's profile."""
+    import copy
+
+    import torch
+
+    from cmift.dropout.masks import draw_masks
+
+    name = "bf16" if "bf16" in precisions else "fp32"
+    dtype, threads = precisions[name], torch.get_num_threads()
+    paired = {}
+    for t in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(t)
+        paired[t] = paired_masks(model, collate, batches, dtype, steps)
+    torch.set_num_threads(threads)
+    uniform = copy.deepcopy(model)
+    draw_masks(uniform, "uniform")
+    column = f"{name}, uniform masks"
+    rows = [f"| {t} | {1000 * r['bernoulli']:.0f} | {1000 * r['uniform']:.0f} | "
+            f"**{r['ratio']:.3f}** |" for t, r in paired.items()]
+    text = "\n".join([
+        f"Dropout masks, acted on ({name}): `train.dropout_masks=uniform` draws the same "
+        "Bernoulli masks (keep where U[0,1) >= p, scaled by 1/(1-p)) with torch.rand instead of "
+        "bernoulli_, which is vectorised only on Intel CPUs (MKL) and draws one element at a time "
+        "elsewhere. A different random stream, so a run's identity names it; the default stays "
+        "bernoulli (every finished run). Whole training steps, the two alternating on the same "
+        f"batches ({steps} each after a warm-up), median step time and the median of the paired "
+        "ratios:", "",
+        "| torch threads | bernoulli ms per step | uniform ms per step | uniform / bernoulli |",
+        "|---|---|---|---|", *rows, "",
+        f"The uniform step's profile is the `{column}` column below."])
+    return {"column": column, "profile": profile_step(uniform, collate, batches, dtype),
+            "text": text}
 
 
 def main() -> None:
@@ -182,6 +253,8 @@ def measure(args) -> str:
         gemm = gemm_rate(tokens, info["hidden"], info["intermediate"], dtype or torch.float32)
         found[name] = {**run, "tokens": tokens, "gemm": gemm, "fraction": run["gflops"] / gemm,
                        "profile": profile_step(model, collate, batches, dtype)}
+    masks = act_on_masks(model, collate, batches, precisions)
+    found[masks["column"]] = {"profile": masks["profile"]}  # a profile column of its own
     fp32 = found["fp32"]
     shares = {n: {k: v / f["profile"]["wall"] for k, v in f["profile"]["per_step"].items()}
               for n, f in found.items()}
@@ -198,7 +271,7 @@ def measure(args) -> str:
         verdict += ("; the GEMMs' own lever is cheaper arithmetic: bf16 autocast, "
                     f"{found['bf16']['examples_per_second'] / fp32['examples_per_second']:.2f}x "
                     "the examples/s")
-    names = list(found)
+    names = [n for n in found if "gemm" in found[n]]
     lines = [SECTION, "",
              f"Written by `python bench/cpu_limit.py` (also by `make bench`) on "
              f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} torch threads. MiniLM-L6, "
@@ -225,6 +298,8 @@ def measure(args) -> str:
         lines += ["", f"bf16: {100 * found['bf16']['fraction']:.0f}% of the bf16 GEMM rate. "
                   f"Its GEMMs take {100 * bf16[gemms]:.0f}% of the step; the next largest share "
                   f"is {other} ({100 * bf16[other]:.0f}%)."]
+    lines += ["", masks["text"]]
+    names = list(found)
     lines += ["",
               "One step's time by category (torch.profiler; "
               + ", ".join(f"{n} {found[n]['profile']['wall'] * 1000:.0f} ms" for n in names)

@@ -20,6 +20,7 @@ from cmift.config.validate import validate
 from cmift.dropout import fisher
 from cmift.dropout.gaussian import gaussian_dropout_class, gaussian_noise
 from cmift.dropout.guided import schedule_rates
+from cmift.dropout.masks import draw_masks, uniform_dropout
 from cmift.dropout.sites import dropout_modules, find_sites
 from cmift.training.teacher import teacher_config
 from tests.conftest import REPO, compose
@@ -190,11 +191,14 @@ def _forward_twice(model, batch):
         return model(**inputs).logits, model(**inputs).logits
 
 
+@pytest.mark.parametrize("masks", ["bernoulli", "uniform"])
 @pytest.mark.parametrize("build", [tiny_bert, tiny_distilbert], ids=["bert", "distilbert"])
-def test_every_site_rate_takes_effect_and_zero_is_deterministic(build):
+def test_every_site_rate_takes_effect_and_zero_is_deterministic(build, masks):
     """transformers' SDPA attention reads its own rate: setting a module's p must change the
-    forward, and p = 0 everywhere must make train mode deterministic."""
+    forward, and p = 0 everywhere must make train mode deterministic (with either mask
+    draw: uniform replaces the modules and the attention function)."""
     model = build().train()
+    draw_masks(model, masks)
     batch = padded_batch()
     for m in dropout_modules(model).values():
         m.p = 0.0
@@ -207,6 +211,53 @@ def test_every_site_rate_takes_effect_and_zero_is_deterministic(build):
         a, b = _forward_twice(model, batch)
         assert not torch.equal(a, b), site.module
         module.p = 0.0
+
+
+# ----- uniform-draw masks (train.dropout_masks) ------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uniform_masks_match_numpy_and_keep_one_minus_p(dtype):
+    """Golden: keep where u >= p (u from torch.rand under the same seed), kept values times
+    1 / (1 - p) rounded to the input's dtype (torch's dropout formula); the kept share is 1 - p."""
+    p, x = 0.1, torch.randn(200_000).to(dtype)
+    torch.manual_seed(3)
+    u = torch.rand(x.shape).numpy()
+    torch.manual_seed(3)
+    y = uniform_dropout(x, p, training=True)
+    keep = u >= p
+    # the scale as torch's dropout forms it: the mask in the input's dtype divided by 1 - p
+    scale = np.float32(torch.ones((), dtype=dtype).div_(1 - p).float().item())
+    xf = x.float().numpy()
+    exact = xf * keep * scale  # one product of two dtype values: exact in float32 for bf16
+    expected = torch.from_numpy(exact).to(dtype).float().numpy()  # rounded as torch rounds
+    assert np.array_equal(y.float().numpy(), expected)
+    assert np.array_equal(y.float().numpy() == 0, ~keep | (xf == 0))
+    assert keep.mean() == pytest.approx(1 - p, abs=3e-3)
+    assert torch.equal(uniform_dropout(x, p, training=False), x)
+    assert torch.equal(uniform_dropout(x, 0.0, training=True), x)
+    assert torch.equal(uniform_dropout(x, 1.0, training=True), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_distilbert], ids=["bert", "distilbert"])
+def test_uniform_masks_evaluate_exactly_as_bernoulli_and_record_the_choice(build):
+    model, base = build().eval(), build().eval()
+    info = draw_masks(model, "uniform")
+    assert info == {"masks": "uniform", "attention": "cmift_uniform_masks"}
+    assert all(type(m).__name__ == "UniformMaskDropout" for m in dropout_modules(model).values())
+    assert draw_masks(base, "bernoulli") == {}
+    batch = padded_batch()
+    assert torch.equal(_forward_twice(model, batch)[0], _forward_twice(base, batch)[0])
+    model.train()
+    a, b = _forward_twice(model, batch)
+    assert not torch.equal(a, b)
+
+
+def test_uniform_masks_name_the_run_and_its_teacher(fake_glue):
+    plain = compose("model=tiny", f"data.glue_dir={fake_glue}")
+    uniform = compose("model=tiny", "train.dropout_masks=uniform", f"data.glue_dir={fake_glue}")
+    assert "dropout_masks" not in identity(plain)["train"]  # the legacy value: no run re-keyed
+    assert identity(uniform)["train"]["dropout_masks"] == "uniform"
+    kd = compose("objective=kd", "train.dropout_masks=uniform", f"data.glue_dir={fake_glue}")
+    assert teacher_config(kd).train.dropout_masks.value == "uniform"
 
 
 # ----- schedules -------------------------------------------------------------------------
@@ -344,6 +395,23 @@ def test_standard_touches_nothing_and_none_switches_every_module_off(fake_glue, 
     assert set(c["dropout_setup"]["rates"].values()) == {0.0}
     assert c["config_hash"] != a["config_hash"]
     assert a["evals"][-1]["dev"] != c["evals"][-1]["dev"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["tuning=prefix"], ["mixture=uniform", "mixture.tasks=[rte,mrpc]"],
+    ["mixture=uniform", "mixture.tasks=[rte,mrpc]", "dropout=gaussian"]],
+    ids=["prefix", "mixture", "gaussian"])
+def test_uniform_masks_and_gaussian_reach_peft_and_multitask_models(fake_glue, tmp_path, extra):
+    """The attention function is set on the transformers model inside (a multi-task model's
+    encoder); prefix tuning's longer keys meet SDPA's mask in the eager train-mode path."""
+    r = _cmift("task=rte", "model=tiny", "train.max_steps=3", "data.max_eval_samples=20",
+               "train.dropout_masks=uniform", *extra, f"data.glue_dir={fake_glue}",
+               f"output_dir={tmp_path / 'o'}", "train.save_model=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    setup = _record(tmp_path / "o", "seed=")["dropout_setup"]
+    gaussian = "dropout=gaussian" in extra  # its noise replaces every module: no masks drawn
+    assert setup["attention"] == ("cmift_gaussian" if gaussian else "cmift_uniform_masks")
+    assert setup.get("masks") == (None if gaussian else "uniform")
 
 
 def test_unknown_dropout_method_is_one_line(tmp_path):

@@ -61,6 +61,13 @@ class LrScheduler(str, Enum):
     inverse_sqrt = "inverse_sqrt"
 
 
+class DropoutMasks(str, Enum):
+    """How Bernoulli dropout draws its masks (cmift/dropout/masks.py)."""
+
+    bernoulli = "bernoulli"  # torch's dropout (bernoulli_): every run before the knob
+    uniform = "uniform"  # keep where U[0,1) >= p (torch.rand): same distribution, other stream
+
+
 class TeacherLogits(str, Enum):
     cached = "cached"  # the teacher's training-set logits, computed once after it trains
     live = "live"  # a teacher forward pass on every student batch (slower; for comparison)
@@ -148,6 +155,9 @@ class TrainConfig:
     # Stop when the best evaluation (the same score) is this many evaluations old; null = off
     early_stopping_patience: Optional[int] = knob(None, optional(POSITIVE_INT, "off"),
                                                   legacy=None)
+    # how Bernoulli dropout (standard, guided; the teacher's too) draws its masks: bernoulli
+    # (torch's) | uniform (torch.rand: the same distribution, faster on non-Intel CPUs)
+    dropout_masks: DropoutMasks = knob(DropoutMasks.bernoulli, legacy="bernoulli")
     nan_policy: NanPolicy = NanPolicy.fail
     # nan_policy=skip: this many skipped steps in a row stop the run (a model gone NaN)
     max_consecutive_skips: int = knob(5, POSITIVE_INT, identity=False)

@@ -37,9 +37,12 @@ implements = implementations(IMPLEMENTATIONS)
 
 def apply_dropout(model, context: DropoutContext) -> dict:
     """Set `model`'s dropout as `cfg.dropout` says; what was set, for the run record."""
+    from cmift.dropout.masks import draw_masks
+
     discover()
     name = context.cfg.dropout.name
-    return {"method": name, **IMPLEMENTATIONS[name](model, context)}
+    setup = {"method": name, **IMPLEMENTATIONS[name](model, context)}
+    return {**setup, **draw_masks(model, context.cfg.train.dropout_masks)}
 
 
 def rates(model) -> dict[str, float]:

@@ -19,7 +19,8 @@ from typing import Optional
 
 from cmift.config.spec import MethodSpec, between, knob, optional, register, register_knobs
 from cmift.dropout import implements, rates
-from cmift.lazy import F, torch
+from cmift.dropout.attention import eager_attention, register_attention, use_attention
+from cmift.lazy import torch
 
 ATTENTION = "cmift_gaussian"
 
@@ -57,22 +58,8 @@ def gaussian_attention(module, query, key, value, attention_mask, scaling=None, 
                        **kwargs):
     """Eager scaled dot-product attention, with Gaussian noise on the attention probabilities
     (`dropout` is the rate the layer passes: its dropout module's p in train mode, else 0)."""
-    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = gaussian_noise(F.softmax(scores, dim=-1), dropout, module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
-
-
-@lru_cache(maxsize=None)
-def register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTENTION, gaussian_attention)
-    # an additive float mask, as for eager attention (unregistered, the padding mask is dropped)
-    AttentionMaskInterface.register(ATTENTION, eager_mask)
+    return eager_attention(query, key, value, attention_mask, scaling,
+                           lambda probs: gaussian_noise(probs, dropout, module.training))
 
 
 @implements("gaussian")
@@ -86,6 +73,5 @@ def noise(model, context) -> dict:
         parent = model.get_submodule(parent_name) if parent_name else model
         replacement = cls(module.p if rate is None else rate)
         setattr(parent, leaf, replacement.train(module.training))
-    register_attention()
-    model.set_attn_implementation(ATTENTION)
-    return {"rates": rates(model), "attention": ATTENTION}
+    register_attention(ATTENTION, gaussian_attention, "eager")
+    return {"rates": rates(model), "attention": use_attention(model, ATTENTION)}

@@ -204,11 +204,14 @@ class MixtureLoop(Loop):
 
 def task_parts(cfg: DictConfig, model_cfg, prepare_data) -> tuple[object, list[TaskData]]:
     """(tokenizer, every mixture task's data), tokenised as single-task runs are (one cache)."""
-    parts, tokenizer = [], None
+    parts, tokenizers = [], []
     for name in cfg.mixture.tasks:
         tokenizer, train, dev, selection, _ = prepare_data(cfg, model_cfg, TASKS[name])
         parts.append(TaskData(name, TASKS[name], train, dev, selection))
-    return tokenizer, parts
+        tokenizers.append(tokenizer)
+    # a pretrained model's tokenizer is the same for every task; the tiny test model's is
+    # built from each task's own text: the largest sizes the shared embeddings
+    return max(tokenizers, key=len), parts
 
 
 def mixture_proportions(cfg: DictConfig, parts: list[TaskData], device, run) -> dict:
