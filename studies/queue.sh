@@ -26,7 +26,7 @@ log=/tmp/cmift-queue-$slot.log
 cpu=(train.precision=bf16 threads=1)   # bf16 autocast: about 2x on this CPU (avx512_bf16)
 tuned=(train.lr=1e-4 train.epochs=5)   # ce_tuning's choice for MiniLM-L6 (MRPC, RTE, CoLA)
 # studies not started before train.dropout_masks existed draw dropout masks with torch.rand:
-# ~10% faster per step at one thread on this CPU, the same distribution (docs/DROPOUT.md);
+# ~15% less time per step at one thread on this CPU, the same distribution (docs/DROPOUT.md);
 # the studies already under way keep torch's bernoulli_ so that their runs stay one recipe
 fast=(train.dropout_masks=uniform)
 
