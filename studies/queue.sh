@@ -60,20 +60,21 @@ case $slot in
       sweep min_cmi_vs_ce task=sst2 data.max_train_samples=10000 $recipe seed=1,2,3
     # then B's last sweeps from the other end: a run one slot has claimed or finished, the
     # other skips (run-directory lock), so the two slots share the tail of the queue
-    sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}" "${fast[@]}"
     sweep mixtures "${fast[@]}"
+    sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000
     ;;
-  B)  # #17's evidence, then #14 comparison 2, #18, #21
+  B)  # #17's evidence, then #18, #21; #14 comparison 2 waits for a student recipe
     sweep guided_dropout "${tuned[@]}"
     sweep guided_dropout task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
       dropout=standard,guided
-    sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}" "${fast[@]}"
-    sweep max_cmi_kd_vs_kd task=mrpc "${tuned[@]}" "${fast[@]}" distillation=ttm,wttm  # extra rows, same teachers
     sweep tuning_methods task=rte "${fast[@]}"
     sweep tuning_methods task=cola "${fast[@]}"
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000  # the preset's documented subset
     sweep mixtures "${fast[@]}"
-    sweep max_cmi_kd_vs_kd task=rte "${tuned[@]}" "${fast[@]}"
+    # max_cmi_kd_vs_kd is paused after seed 1 (docs/results_reading.md): at the teachers'
+    # recipe (lr 1e-4 x 5 epochs, tuned for the 6-layer MiniLM) the layers-0-2-4 students
+    # overfit (dev and selection split peak at epoch 1). The protocol tunes the baseline for
+    # the backbone used: the kd student's recipe is tuned first, then these sweeps run at it.
     ;;
   *) echo "slot A or B" >&2; exit 2 ;;
 esac
