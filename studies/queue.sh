@@ -63,18 +63,25 @@ case $slot in
     sweep mixtures "${fast[@]}"
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000
     ;;
-  B)  # #17's evidence, then #18, #21; #14 comparison 2 waits for a student recipe
+  B)  # #17's evidence, #14 comparison 2, then #18, #21
     sweep guided_dropout "${tuned[@]}"
     sweep guided_dropout task=mrpc "${tuned[@]}" objective=min_cmi objective.cmi.lam=0.1 \
       dropout=standard,guided
+    # comparison 2: the kd student's own recipe first (the teachers keep ce_tuning's), then the
+    # study at it; its first attempt at the teachers' recipe overfit (results/cpu/
+    # max_cmi_kd_vs_kd_first_recipe, docs/results_reading.md)
+    sweep kd_student_tuning "${fast[@]}"
+    for task in mrpc rte; do
+      recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
+        $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
+        "for kd_student_tuning"; continue; }
+      sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" distillation.teacher_lr=1e-4 \
+        distillation.teacher_epochs=5 $recipe seed=1,2,3
+    done
     sweep tuning_methods task=rte "${fast[@]}"
     sweep tuning_methods task=cola "${fast[@]}"
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000  # the preset's documented subset
     sweep mixtures "${fast[@]}"
-    # max_cmi_kd_vs_kd is paused after seed 1 (docs/results_reading.md): at the teachers'
-    # recipe (lr 1e-4 x 5 epochs, tuned for the 6-layer MiniLM) the layers-0-2-4 students
-    # overfit (dev and selection split peak at epoch 1). The protocol tunes the baseline for
-    # the backbone used: the kd student's recipe is tuned first, then these sweeps run at it.
     ;;
   *) echo "slot A or B" >&2; exit 2 ;;
 esac

@@ -343,9 +343,8 @@ def test_mlm_source_refuses_a_checkpoint_without_an_mlm_head(tmp_path):
 
 def test_committed_run_records_keep_their_identities():
     """The dropout group (and any later knob) must not re-key the records under results/."""
-    from tests.conftest import REAL_GLUE
-
     from cmift.config.schema import schema
+    from tests.conftest import REAL_GLUE
 
     paths = sorted((REPO / "results").glob("**/metrics.json"))
     records = [(p.parent, json.loads(p.read_text())) for p in paths]

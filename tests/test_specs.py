@@ -181,6 +181,35 @@ def test_teacher_key_ignores_evaluation_settings(fake_glue):
     assert key("data.max_train_samples=100") != base
 
 
+def test_teacher_recipe_of_its_own(fake_glue):
+    """distillation.teacher_lr / teacher_epochs change the teacher's recipe and key, never the
+    student's train settings; null leaves every key as it was (legacy)."""
+    base = compose("objective=kd", f"data.glue_dir={fake_glue}", "train.lr=5e-5",
+                   "train.epochs=2")
+    own = compose("objective=kd", f"data.glue_dir={fake_glue}", "train.lr=5e-5",
+                  "train.epochs=2", "distillation.teacher_lr=1e-4",
+                  "distillation.teacher_epochs=5")
+    teacher = teacher_config(own)
+    assert (teacher.train.lr, teacher.train.epochs) == (1e-4, 5)
+    assert (own.train.lr, own.train.epochs) == (5e-5, 2)
+    assert "teacher_lr" not in identity(base).get("distillation", {})
+    assert config_hash(own) != config_hash(base)
+    # the teacher is the one a student at the teacher's recipe would get
+    same = compose("objective=kd", f"data.glue_dir={fake_glue}", "train.lr=1e-4",
+                   "train.epochs=5")
+    assert config_hash(teacher, "teacher") == config_hash(teacher_config(same), "teacher")
+    assert config_hash(teacher_config(base), "teacher") != config_hash(teacher, "teacher")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distillation.teacher_lr=0", r"distillation.teacher_lr=0.0 is not allowed: null \(the "),
+    ("distillation.teacher_epochs=0", r"distillation.teacher_epochs=0 is not allowed"),
+])
+def test_bad_teacher_recipe_is_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose("objective=kd", override))
+
+
 def test_changed_train_file_is_trained_again_not_skipped(fake_glue, tmp_path):
     copy = Path(tmp_path / "glue")
     shutil.copytree(fake_glue, copy)

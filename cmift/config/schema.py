@@ -208,6 +208,12 @@ class DistillationBase:
     student: Optional[str] = None
     student_layers: Optional[list[int]] = None  # null = every other layer (DistilBERT's recipe)
     teacher_logits: TeacherLogits = knob(TeacherLogits.cached, identity=False)
+    # The teacher's own recipe (null = the student's train.lr / train.epochs): a teacher is the
+    # tuned baseline of its backbone, while a smaller student may need a recipe of its own.
+    teacher_lr: Optional[float] = knob(None, optional(greater(0), "the student's train.lr"),
+                                       legacy=None)
+    teacher_epochs: Optional[int] = knob(None, optional(POSITIVE_INT, "the student's "
+                                                        "train.epochs"), legacy=None)
 
 
 @dataclass

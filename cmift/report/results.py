@@ -31,7 +31,8 @@ steps; no weights). Do not edit by hand: the reading below comes from `docs/resu
 
 # Studies that tune the recipe: their tables choose these keys per task (on the selection split)
 # instead of showing one row per value.
-TUNE = {"ce_tuning": ("train.lr", "train.epochs"), "ce_tuning_sst2": ("train.lr", "train.epochs")}
+TUNE = {study: ("train.lr", "train.epochs")
+        for study in ("ce_tuning", "ce_tuning_sst2", "kd_student_tuning")}
 
 
 def _spent(runs: pd.DataFrame) -> tuple[int, float]:

@@ -66,8 +66,9 @@ class Teacher:
 
 
 def teacher_config(cfg: DictConfig) -> DictConfig:
-    """The config the teacher trains with: the run's backbone, task, seed, data and recipe, and
-    the objective its spec names as teacher; no distillation, standard dropout, full tuning."""
+    """The config the teacher trains with: the run's backbone, task, seed, data and recipe (or
+    distillation.teacher_lr / teacher_epochs where set), and the objective its spec names as
+    teacher; no distillation, standard dropout, full tuning."""
     values = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     values.pop("hydra", None)
     values["objective"]["name"] = method("objective", cfg.objective.name).teacher
@@ -76,6 +77,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     values["dropout"] = {"name": "standard"}
     values["tuning"] = {"name": "full"}  # likewise the tuning method
     values["train"]["save_model"] = True  # a live-logits student loads the teacher's weights
+    for knob_name, key in (("teacher_lr", "lr"), ("teacher_epochs", "epochs")):
+        if cfg.distillation.get(knob_name) is not None:  # the teacher's recipe of its own
+            values["train"][key] = cfg.distillation[knob_name]
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
