@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from forked import pin_threads
+from forked import run as run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_GLUE = Path(os.environ.get("CMIFT_TEST_GLUE", REPO.parent / "shared" / "glue"))
@@ -46,6 +48,10 @@ def write_fake_mrpc(root: Path, n_train: int = 200, n_dev: int = 60, seed: int =
             lines.append(f"{i}\t{a}\t{b}\t{'entailment' if label else 'not_entailment'}")
         (rte / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
+
+
+def pytest_configure(config):
+    pin_threads()  # before any test module runs torch: commands can then run forked
 
 
 @pytest.fixture(scope="session")
@@ -105,15 +111,15 @@ def assert_same_logits(model, other) -> None:
 
 
 def cli(args: list[str], cwd):
-    """`cmift <args> output_dir=<out>` in a subprocess, as a function of (out, faults): faults
-    are CMIFT_FAULTS points (a kill at a known step, never after a sleep)."""
-    import subprocess
+    """`cmift <args> output_dir=<out>` in a new process (tests/forked.py), as a function of
+    (out, faults): faults are CMIFT_FAULTS points (a kill at a known step, never after a
+    sleep)."""
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def cmift(out, faults: str = ""):
-        return subprocess.run([sys.executable, "-m", "cmift", *args, f"output_dir={out}"],
+        return run_cli([sys.executable, "-m", "cmift", *args, f"output_dir={out}"],
                               env={**env, "CMIFT_FAULTS": faults}, capture_output=True,
                               text=True, timeout=600, cwd=cwd)
 

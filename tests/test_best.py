@@ -5,12 +5,12 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from forked import run as run_cli
 from safetensors.torch import load_file
 
 from cmift.report.submit import build_submission
@@ -24,7 +24,7 @@ ARGS = ["task=mrpc", "model=tiny", "train.max_steps=12", "train.eval_every=2",
 
 def cmift(args, cwd, faults=""):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CMIFT_FAULTS": faults}
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

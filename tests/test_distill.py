@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from forked import run as run_cli
 
 from cmift.config.spec import ConfigError
 from cmift.config.validate import validate
@@ -185,7 +186,6 @@ def test_a_finished_ce_run_with_the_teachers_settings_is_the_kd_teacher(fake_glu
     """No configuration trained twice in one tree: kd after ce (same settings) computes only
     the ce run's logits, and its student ends exactly as one whose teacher trained itself."""
     import os
-    import subprocess
     import sys
 
     common = ["task=mrpc", "model=tiny", "train.max_steps=6", "data.max_train_samples=96",
@@ -193,7 +193,7 @@ def test_a_finished_ce_run_with_the_teachers_settings_is_the_kd_teacher(fake_glu
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def cmift(out, *args):
-        proc = subprocess.run([sys.executable, "-m", "cmift", *common, *args,
+        proc = run_cli([sys.executable, "-m", "cmift", *common, *args,
                                f"output_dir={out}"], env=env, capture_output=True, text=True,
                               timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -227,7 +227,6 @@ def test_a_ce_run_after_its_kd_teacher_adopts_the_teachers_records(fake_glue, tm
     """The other direction: the kd student's teacher already computed `ce` with exactly these
     settings, so the ce run adopts its records instead of training it again."""
     import os
-    import subprocess
     import sys
 
     common = ["task=mrpc", "model=tiny", "train.max_steps=6", "data.max_train_samples=96",
@@ -236,7 +235,7 @@ def test_a_ce_run_after_its_kd_teacher_adopts_the_teachers_records(fake_glue, tm
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def cmift(*args):
-        proc = subprocess.run([sys.executable, "-m", "cmift", *common, *args], env=env,
+        proc = run_cli([sys.executable, "-m", "cmift", *common, *args], env=env,
                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc

@@ -6,7 +6,6 @@ a student trains its teacher data-parallel too; -m is refused under torchrun in 
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from forked import run as run_cli
 
 ARGS = ["task=mrpc", "model=tiny", "objective=min_cmi", "train.max_steps=8",
         "train.batch_size=16", "train.lr=1e-3", "data.max_train_samples=120",
@@ -34,7 +34,7 @@ def _cmift(args, out, ranks=1, faults="", cwd=None, launcher="torchrun"):
                   f"--nproc_per_node={ranks}", "-m", "cmift"]
     elif ranks > 1:  # Hydra's submitit launcher: one job whose tasks are the ranks
         launch += ["-m", "hydra/launcher=submitit_local", f"hydra.launcher.tasks_per_node={ranks}"]
-    return subprocess.run([*launch, *args, f"output_dir={out}"], env=env, capture_output=True,
+    return run_cli([*launch, *args, f"output_dir={out}"], env=env, capture_output=True,
                           text=True, timeout=600, cwd=cwd)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forked import run as run_cli
 from omegaconf import OmegaConf
 
 from cmift.config.identity import config_hash, identity
@@ -365,7 +365,7 @@ def test_committed_run_records_keep_their_identities():
 
 # ----- end to end ------------------------------------------------------------------------
 def _cmift(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, capture_output=True,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, capture_output=True,
                           text=True)
 
 

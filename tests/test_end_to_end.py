@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forked import run as run_cli
 
 from cmift.runs.rundir import claim_run_dir, release_run_dir
 from cmift.training.device import cpu_has_bf16
@@ -17,7 +18,7 @@ from conftest import REPO, compose, dev_evals
 
 def _cmift(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -3,15 +3,15 @@ environment): exit code 2, one line naming the culprit and what is allowed, no t
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from forked import run as run_cli
 
 
 def cmift(args, cwd, **env_extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env_extra}
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from forked import run as run_cli
 
 from conftest import dev_evals
 
@@ -34,7 +35,7 @@ POINTS = [
 def cmift(args, cwd, faults="", module="cmift"):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CMIFT_FAULTS": faults}
     command = [sys.executable, "-m", module] if module == "cmift" else [module]
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return run_cli([*command, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -109,7 +110,7 @@ def test_two_sweeps_over_overlapping_configurations_train_each_once(glue_dir, tm
     while a.poll() is None and not _stopped(a.pid):  # wait for a known state, not a clock
         os.sched_yield()
     assert a.poll() is None, (tmp_path / "a.log").read_text()[-2000:]
-    b = subprocess.run([sys.executable, "-m", "cmift", "-m", *base, "seed=1,2,4"],
+    b = run_cli([sys.executable, "-m", "cmift", "-m", *base, "seed=1,2,4"],
                        cwd=tmp_path, env=env, stdout=logs["b"], stderr=subprocess.STDOUT,
                        timeout=600)
     os.kill(a.pid, signal.SIGCONT)

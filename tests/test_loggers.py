@@ -4,13 +4,13 @@ evaluation; a resumed run's logs end like an uninterrupted run's."""
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from forked import run as run_cli
 
 ARGS = ["task=mrpc", "model=tiny", "train.max_steps=12", "train.eval_every=4",
         "train.batch_size=16", "train.log_every=5", "train.save_every=2"]
@@ -19,7 +19,7 @@ ARGS = ["task=mrpc", "model=tiny", "train.max_steps=12", "train.eval_every=4",
 def cmift(args, cwd, faults="", **env):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CMIFT_FAULTS": faults,
            **env}
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

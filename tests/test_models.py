@@ -2,6 +2,7 @@ import hashlib
 
 import pytest
 import torch
+from forked import run as run_cli
 
 from cmift.config.spec import ConfigError
 from cmift.models.backbones import FeatureTap, load_model, resolve_path, verify_weights
@@ -66,11 +67,10 @@ def test_a_finished_runs_model_folder_trains_again_when_quoted(fake_glue, tmp_pa
     """The issue's case: a run directory (with = and ,) passed back as model.name_or_path,
     quoted for Hydra; the bundled model's sha256 is not inherited."""
     import json
-    import subprocess
     import sys
 
     def cmift(*args):
-        return subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "train.max_steps=2",
+        return run_cli([sys.executable, "-m", "cmift", "task=mrpc", "train.max_steps=2",
                                f"data.glue_dir={fake_glue}", *args], capture_output=True,
                               text=True, timeout=600, cwd=tmp_path)
 
@@ -86,11 +86,10 @@ def test_a_finished_runs_model_folder_trains_again_when_quoted(fake_glue, tmp_pa
 
 
 def test_a_wrong_sha256_fails_before_the_data_is_tokenised(fake_glue, tmp_path):
-    import subprocess
     import sys
 
     env = {**__import__("os").environ, "CMIFT_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "model.weights_sha256=00",
+    proc = run_cli([sys.executable, "-m", "cmift", "task=mrpc", "model.weights_sha256=00",
                            f"data.glue_dir={fake_glue}", f"output_dir={tmp_path}/out"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "does not match" in proc.stderr, proc.stderr[-2000:]

@@ -4,11 +4,11 @@ a known optimiser step NaN; never by a timer."""
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+from forked import run as run_cli
 
 from cmift.data.tasks import TASKS
 from cmift.objectives import Outputs, build
@@ -122,7 +122,7 @@ def test_a_zero_weight_term_is_not_in_the_loss():
 
 def test_nan_stop_is_one_line_on_the_command_line(glue_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CMIFT_FAULTS": "nan_loss@2"}
-    proc = subprocess.run([sys.executable, "-m", "cmift", *BASE, f"data.glue_dir={glue_dir}",
+    proc = run_cli([sys.executable, "-m", "cmift", *BASE, f"data.glue_dir={glue_dir}",
                            f"output_dir={tmp_path}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

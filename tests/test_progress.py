@@ -3,8 +3,9 @@ a job prefix on sweep logs."""
 
 import logging
 import os
-import subprocess
 import sys
+
+from forked import run as run_cli
 
 from cmift.training.progress import TrainProgress
 
@@ -37,7 +38,7 @@ def test_passes_log_one_line_without_a_terminal(caplog):
 
 def test_sweep_console_lines_carry_the_job_number(fake_glue, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cmift", "-m", "task=mrpc", "model=tiny",
+    proc = run_cli([sys.executable, "-m", "cmift", "-m", "task=mrpc", "model=tiny",
                            "train.max_steps=2", "seed=1,2", f"data.glue_dir={fake_glue}",
                            f"output_dir={tmp_path}"], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path, env=env)
@@ -45,7 +46,7 @@ def test_sweep_console_lines_carry_the_job_number(fake_glue, tmp_path):
     lines = proc.stderr.splitlines()
     assert any(" [#0] run " in line for line in lines)
     assert any(" [#1] run " in line for line in lines)
-    single = subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "model=tiny",
+    single = run_cli([sys.executable, "-m", "cmift", "task=mrpc", "model=tiny",
                              "train.max_steps=2", f"data.glue_dir={fake_glue}",
                              f"output_dir={tmp_path}/one"], capture_output=True, text=True,
                             timeout=600, cwd=tmp_path, env=env)

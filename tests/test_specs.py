@@ -4,11 +4,11 @@ at once; run identities are what a run reads plus its data, and survive new knob
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from forked import run as run_cli
 from omegaconf import OmegaConf
 
 from cmift.config import schema as schema_mod
@@ -78,7 +78,7 @@ def test_regression_support_comes_from_the_spec():
 
 def _cmift(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
+    return run_cli([sys.executable, "-m", "cmift", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

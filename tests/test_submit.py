@@ -1,11 +1,11 @@
 """GLUE test predictions and the leaderboard zip (cmift-submit)."""
 
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pandas as pd
+from forked import run as run_cli
 
 from cmift.data.tasks import TASKS, load_test
 from cmift.report.submit import SUBMISSION, choose_runs
@@ -42,7 +42,7 @@ def test_a_run_predicts_test_and_cmift_submit_zips_it(fake_glue, tmp_path):
     args = ["task=mrpc", "model=tiny", "train.max_steps=3", f"data.glue_dir={fake_glue}",
             f"output_dir={tmp_path}/out", "data.selection_fraction=0.2"]
     for seed in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "cmift", *args, f"seed={seed}"],
+        proc = run_cli([sys.executable, "-m", "cmift", *args, f"seed={seed}"],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
     preds = sorted((tmp_path / "out").rglob("predictions_test.tsv"))
@@ -51,7 +51,7 @@ def test_a_run_predicts_test_and_cmift_submit_zips_it(fake_glue, tmp_path):
     assert list(frame.columns) == ["index", "prediction"] and len(frame) == 30
     assert set(frame["prediction"]) <= {"0", "1"}
     zip_path = tmp_path / "sub" / "glue.zip"
-    proc = subprocess.run([sys.executable, "-m", "cmift.report.submit", f"{tmp_path}/out",
+    proc = run_cli([sys.executable, "-m", "cmift.report.submit", f"{tmp_path}/out",
                            "--zip", str(zip_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with zipfile.ZipFile(zip_path) as z:
@@ -64,7 +64,7 @@ def test_a_run_predicts_test_and_cmift_submit_zips_it(fake_glue, tmp_path):
 
 
 def test_predict_test_false_writes_none(fake_glue, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cmift", "task=mrpc", "model=tiny",
+    proc = run_cli([sys.executable, "-m", "cmift", "task=mrpc", "model=tiny",
                            "train.max_steps=2", f"data.glue_dir={fake_glue}",
                            f"output_dir={tmp_path}", "data.predict_test=false"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)

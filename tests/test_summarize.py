@@ -2,10 +2,10 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from forked import run as run_cli
 
 from cmift.report.summarize import write_tables
 from conftest import REPO
@@ -107,12 +107,12 @@ def test_files_written_and_runs_csv_is_tidy(runs):
 
 
 def test_cmift_table_cli(runs):
-    proc = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main; table_main()",
+    proc = run_cli([sys.executable, "-c", "from cmift.cli import table_main; table_main()",
                            str(runs), "--format", "md,csv", "--no-plots"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "GLUE dev" in proc.stdout and (runs / "tables" / "glue.csv").is_file()
-    bad = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main; table_main()",
+    bad = run_cli([sys.executable, "-c", "from cmift.cli import table_main; table_main()",
                           str(runs), "--format", "xls"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
 
@@ -187,9 +187,9 @@ def test_new_users_two_runs_make_two_rows(glue_dir, tmp_path):
     base = [sys.executable, "-m", "cmift", "task=mrpc", "model=tiny", "train.max_steps=20",
             f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/o"]
     for extra in (["seed=1"], ["seed=2", "data.max_eval_samples=50"]):
-        proc = subprocess.run([*base, *extra], env=env, capture_output=True, text=True)
+        proc = run_cli([*base, *extra], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    table = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main; "
+    table = run_cli([sys.executable, "-c", "from cmift.cli import table_main; "
                             "table_main()", f"{tmp_path}/o", "--no-plots"], capture_output=True,
                            text=True)
     assert table.returncode == 0, table.stderr

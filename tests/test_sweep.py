@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from forked import run as run_cli
 
 from conftest import compose
 
@@ -55,7 +56,7 @@ def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
     code, out, err = finish(cmift(*args, cwd=tmp_path))
     assert out.count("skipped") == 4 and "eval step" not in out + err
 
-    table = subprocess.run([sys.executable, "-c", "from cmift.cli import table_main;"
+    table = run_cli([sys.executable, "-c", "from cmift.cli import table_main;"
                             "table_main()", str(tmp_path / "out"), "--no-plots"],
                            capture_output=True, text=True)
     assert table.returncode == 0, table.stderr

@@ -29,6 +29,7 @@ from cmift.mixtures.rules import proportions
 from cmift.objectives import Objective, Outputs
 from cmift.training.evaluate import EvalResult, evaluate
 from cmift.training.loop import Loop
+from cmift.training.seed import seed_everything
 
 log = logging.getLogger("cmift")
 
@@ -268,8 +269,6 @@ def write_mixture(run_dir: Path, info: dict) -> None:
 def train_mixture(cfg: DictConfig, device, run_dir: Path, record, run, prepare_data) -> None:
     """A multi-task run from start to finish: data, mixture, model, objective, fit, save.
     `run` trains a single-task run (taskpgm's models); `prepare_data` is run.py's."""
-    import transformers
-
     from cmift.dropout import DropoutContext, apply_dropout
     from cmift.loggers import build as build_logger
     from cmift.models.backbones import load_model
@@ -294,7 +293,7 @@ def train_mixture(cfg: DictConfig, device, run_dir: Path, record, run, prepare_d
     record.update(mixture=info)
     log.info("mixture %s over %s: p = %s", info["rule"], info["tasks"],
              ", ".join(f"{t} {p:.3f}" for t, p in zip(info["tasks"], info["p"])))
-    transformers.set_seed(cfg.seed)  # the heads' init is seeded
+    seed_everything(cfg.seed)  # the heads' init is seeded
     model = MultiTaskModel({d.name: load_model(cfg.model, d.task.num_labels, d.task.is_regression,
                                                len(tokenizer)) for d in parts})
     setup = apply_dropout(model, DropoutContext(cfg, cfg.model, parts[0].task, parts[0].train,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -25,13 +26,26 @@ def make_optimizer(model, t, device: Device) -> torch.optim.Optimizer:
                              fused=fused)
 
 
+def _linear(step: int, *, warmup: int, total: int) -> float:
+    """transformers' linear factor, the same arithmetic (a parity test holds it to it)."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
 def make_scheduler(optimizer, t, total: int):
     """transformers' schedule `t.lr_scheduler` over `total` steps, warming up for
-    `t.warmup_ratio` of them (a LambdaLR: its state is a checkpoint's `scheduler`)."""
+    `t.warmup_ratio` of them (a LambdaLR: its state is a checkpoint's `scheduler`). The default,
+    linear, is built here: transformers.optimization imports its Trainer utilities, which import
+    peft and dozens of model files (2-6 s of every run's start on this CPU)."""
+    warmup = int(t.warmup_ratio * total)
+    name = choice(t.lr_scheduler)
+    if name == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_linear, warmup=warmup,
+                                                                    total=total))
     from transformers import get_scheduler
 
-    return get_scheduler(choice(t.lr_scheduler), optimizer,
-                         num_warmup_steps=int(t.warmup_ratio * total), num_training_steps=total)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def plan_steps(n_train: int, t) -> tuple[int, int]:

@@ -48,6 +48,7 @@ from cmift.training import checkpoint as ckpt
 from cmift.training.device import bf16_hint, peak_memory_mb, pick_device
 from cmift.training.evaluate import predict
 from cmift.training.loop import fit
+from cmift.training.seed import seed_everything
 from cmift.training.teacher import (
     adopt_teacher_run,
     build_student,
@@ -118,7 +119,7 @@ def _train(cfg, device, run_dir: Path, record: RunRecord, after_fit=None) -> Non
     if RANKS.main:
         RANKS.barrier()
     record.update(skipped_rows={split: len(lines) for split, lines in skipped.items()})
-    transformers.set_seed(cfg.seed)  # before the model: the classifier head's init is seeded
+    seed_everything(cfg.seed)  # before the model: the classifier head's init is seeded
     context = {}
     if teacher:
         model, student = build_student(cfg, model_cfg, task, len(tokenizer))
