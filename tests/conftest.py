@@ -11,6 +11,10 @@ import pytest
 from forked import pin_threads
 from forked import run as run_cli
 
+# offline before any test module imports huggingface_hub (it reads these once, at import; a
+# forked command inherits what this process read)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 REAL_GLUE = Path(os.environ.get("CMIFT_TEST_GLUE", REPO.parent / "shared" / "glue"))
 WORDS = ("the a court said company shares market year new police man people government "
@@ -70,7 +74,6 @@ def fake_glue(tmp_path_factory) -> str:
 def _private_cache(tmp_path_factory):
     os.environ["CMIFT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("GLUE_DIR", None)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core
         import torch
 
