@@ -265,7 +265,8 @@ def table_main(argv: list[str] | None = None) -> None:
     console = Console()
     if not result["runs"]:
         _fail(f"no metrics.json under {', '.join(args.folders)}")
-    for title, frame in (("GLUE dev", result["glue"]), ("difference to ce, paired by seed",
+    base = result["delta"].attrs.get("baseline", "ce")
+    for title, frame in (("GLUE dev", result["glue"]), (f"difference to {base}, paired by seed",
                                                           result["delta"]),
                          ("mixtures: proportion of batches per task", result.get("mixtures"))):
         if frame is None or frame.empty:

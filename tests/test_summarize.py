@@ -12,19 +12,22 @@ from conftest import REPO
 
 
 def make_run(root, task, objective, seed, metrics, lam=None, status="ok", model="m",
-             dropout=None, **data):
-    folder = root / task / objective / model / f"seed={seed},lam={lam},{dropout},{data}"
+             dropout=None, distil="none", **data):
+    folder = root / task / objective / model / f"seed={seed},lam={lam},{dropout},{distil},{data}"
     folder.mkdir(parents=True)
     config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
               "objective": {"name": objective}, "train": {"epochs": 3},
               "data": {"max_seq_length": 128, **data}}
     if dropout:  # standard dropout is absent from identities, as before the group existed
         config["dropout"] = {"name": dropout}
-    if objective != "ce":  # as in real records: a run's identity holds only what it reads
+    if objective not in ("ce", "kd"):  # as in real records: an identity holds what it reads
         config["objective"]["cmi"] = {"lam": lam or 0.0, "beta": 0.0}
+    if distil != "none":  # a student (layers of the teacher backbone)
+        config["distillation"] = {"name": distil}
     score = sum(metrics.values()) / len(metrics)
     record = {"schema_version": 1, "status": status, "task": task, "model": model,
-              "objective": objective, "distillation": "none", "seed": seed, "config": config,
+              "objective": objective, "distillation": distil, "seed": seed, "config": config,
+              **({"student": f"{model}-L0-2"} if distil != "none" else {}),
               **({"dropout": dropout} if dropout else {}),
               "evals": [{"step": 10, "epoch": 1.0, "dev": {**metrics, "score": score,
                                                               "cmi": 0.1, "ncmi": 0.2}}]}
@@ -76,6 +79,22 @@ def test_delta_table_pairs_by_seed(runs):
     delta = out["delta"]
     assert delta.loc["m min_cmi", "RTE"] == "+5.0 [+5.0, +5.0] W2/L0 of 2"
     assert delta.loc["m min_cmi", "MRPC"] == "+2.0 [+2.0, +2.0] W2/L0 of 2"  # .87/.89 - .86/.87
+
+
+def test_students_without_ce_compare_with_the_kd_student(tmp_path):
+    """Comparison 2: max_cmi_kd minus kd, paired by seed and distillation loss."""
+    for seed, acc in [(1, 0.70), (2, 0.74), (3, 0.71)]:
+        for loss, shift in (("kd", 0.0), ("ttm", 0.05)):
+            make_run(tmp_path, "rte", "kd", seed, {"accuracy": acc + shift}, distil=loss)
+            make_run(tmp_path, "rte", "max_cmi_kd", seed, {"accuracy": acc + shift + 0.01 * seed},
+                     lam=0.1, distil=loss)
+    out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False)
+    delta = out["delta"]
+    assert delta.attrs["baseline"] == "kd" and (tmp_path / "tables" / "delta_vs_kd.md").is_file()
+    assert not (tmp_path / "tables" / "delta_vs_ce.md").exists()
+    # the same differences (+1, +2, +3) under each loss; never a kd-vs-ttm pair
+    assert set(delta["RTE"]) == {"+2.0 [-0.5, +4.5] W3/L0 of 3"}
+    assert len(delta) == 2
 
 
 def test_dropout_methods_are_rows_and_compare_with_standard_ce(tmp_path):

@@ -27,9 +27,9 @@ def rules(epoch: str, split: str) -> dict[str, str]:
                  "never pools runs whose settings differ beyond the seed and the tuned knobs. "
                  "Bold: the best mean per column. avg = mean task score over tasks "
                  "(* = some tasks missing)."),
-        "delta_vs_ce": ("Cells: method minus ce with the same model, data, recipe and seed, on "
-                        "the task score (points): mean over seeds [95% t interval] and wins / "
-                        "losses out of n pairs."),
+        "delta": ("Cells: method minus {baseline} with the same model, data, recipe and seed"
+                  "{students}, on the task score (points): mean over seeds [95% t interval] and "
+                  "wins / losses out of n pairs."),
     }
 
 
@@ -46,11 +46,15 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
     # never leaves a torn file
     atomic_write(out / "runs.csv", lambda f: runs.to_csv(f, index=False))
     glue, means = glue_table(runs)
+    delta = delta_table(runs)
+    base = delta.attrs.get("baseline", "ce")  # kd in a study of students
     tables = {"glue": (glue, best_cells(glue, means), "GLUE dev results"),
-              "delta_vs_ce": (delta_table(runs), None, "Paired difference to ce"),
+              f"delta_vs_{base}": (delta, None, f"Paired difference to {base}"),
               "mixtures": (mixture_table(runs), None, "Multi-task mixtures")}
     text = {**rules(epoch, selected_on(runs)),
             "mixtures": "Proportion of training batches per task, mean±std over seeds (n)."}
+    text[f"delta_vs_{base}"] = text.pop("delta").format(
+        baseline=base, students=" (and student and distillation loss)" if base == "kd" else "")
     files = [out / "runs.csv"]
     for name, (frame, mask, caption) in tables.items():
         if frame.empty:
@@ -69,5 +73,5 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
         from cmift.report.plots import write_plots
 
         files += write_plots(runs, curves, out / "plots")
-    return {"runs": len(runs), "files": files, "glue": glue, "delta": tables["delta_vs_ce"][0],
+    return {"runs": len(runs), "files": files, "glue": glue, "delta": delta,
             "mixtures": tables["mixtures"][0], "rule": text["glue"]}

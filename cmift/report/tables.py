@@ -108,29 +108,36 @@ def paired_delta(diffs: np.ndarray) -> str:
 
 
 def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each method minus ce (standard dropout) on the same recipe (model, data and train
-    settings) and seed, paired on the task score (points): mean, 95% confidence interval and
-    wins/losses."""
+    """Each method minus the baseline on the same recipe (model, data and train settings) and
+    seed, paired on the task score (points): mean, 95% confidence interval and wins/losses.
+    The baseline is ce (standard dropout); in a study of students without ce runs (arXiv
+    2502.11258's comparison 2) it is kd, the student of a plain teacher, paired with the same
+    student and distillation loss. `frame.attrs["baseline"]` names it."""
     ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
     ok = ok.merge(select(runs), on=["method", "task", "setting"])
     if ok.empty:  # a study whose runs have not finished yet
         return pd.DataFrame()
     recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
-    baseline = is_baseline(ok)
-    ce = ok[baseline][["task", "recipe", "seed", "score"]]
+    baseline, name, keys = is_baseline(ok), "ce", ["task", "recipe", "seed"]
+    if not baseline.any() and (ok["objective"] == "kd").any():
+        baseline, name = ok["objective"] == "kd", "kd"
+        keys += ["student", "distillation"]
+    base = ok[baseline][[*keys, "score"]]
     table = {}
     for method, group in ok[~baseline].groupby("method"):
         cells = {}
         for task, g in group.groupby("task"):
-            pairs = g.merge(ce, on=["task", "recipe", "seed"], suffixes=("", "_ce"))
+            pairs = g.merge(base, on=keys, suffixes=("", "_base"))
             if pairs.empty:
-                cells[task] = "no ce pair"
+                cells[task] = f"no {name} pair"
                 continue
-            cells[task] = paired_delta((pairs["score"] - pairs["score_ce"]).to_numpy() * 100)
+            cells[task] = paired_delta((pairs["score"] - pairs["score_base"]).to_numpy() * 100)
         table[method] = cells
     frame = pd.DataFrame.from_dict(table, orient="index").fillna("—")  # a task it did not run
-    return frame[[t for t in TASKS if t in frame.columns]].rename(columns=str.upper)
+    frame = frame[[t for t in TASKS if t in frame.columns]].rename(columns=str.upper)
+    frame.attrs["baseline"] = name
+    return frame
 
 
 def best_cells(frame: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
