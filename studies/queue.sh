@@ -78,6 +78,10 @@ case $slot in
       sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" distillation.teacher_lr=1e-4 \
         distillation.teacher_epochs=5 $recipe seed=1,2,3
     done
+    # the TTM / WTTM rows (arXiv 2402.11148's losses) on MRPC: the same teachers, new students
+    recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
+      mrpc) && sweep max_cmi_kd_vs_kd task=mrpc "${fast[@]}" distillation.teacher_lr=1e-4 \
+      distillation.teacher_epochs=5 $recipe seed=1,2,3 distillation=ttm,wttm
     sweep tuning_methods task=rte "${fast[@]}"
     sweep tuning_methods task=cola "${fast[@]}"
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000  # the preset's documented subset
