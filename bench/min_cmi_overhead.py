@@ -44,7 +44,9 @@ def main() -> None:
              f"{args.samples} examples, one epoch, fp32), {args.rounds} rounds in alternating "
              "order. Whole-run time = training time with the centroid initialisation pass "
              "(a seeded 128-example sample, the default); the goal (#20, 1) reads the median "
-             "of the rounds' ratios to the neighbouring ce run.", "",
+             "of the rounds' ratios to the neighbouring ce run. Run with nothing else on the "
+             "machine (studies paused); where it disagrees with the Goals table's whole-run "
+             "rows (make bench: 3 rounds), these rounds are the larger sample.", "",
              "| measurement | whole run vs ce, per round | median | init pass s | "
              "steady step vs ce (median) | goal <= +10% |",
              "|---|---|---|---|---|---|"]
