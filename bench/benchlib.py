@@ -26,6 +26,16 @@ def add_glue_dir(ap: argparse.ArgumentParser) -> None:
                     help="the GLUE TSV layout (default: $GLUE_DIR, else ../shared/glue)")
 
 
+def add_training_args(ap: argparse.ArgumentParser, rounds: int) -> None:
+    """The training measurements' setup: the GLUE folder, MRPC's first --samples examples at
+    --batch-size, --rounds rounds, and the report written."""
+    add_glue_dir(ap)
+    ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--out", default=str(REPORT))
+
+
 def split_section(text: str, heading: str) -> tuple[str, str | None, str]:
     """(before, the `heading` section or None, after) of a Markdown report; a section runs to
     the next `## ` heading. before + section + after == text."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from benchlib import REPORT, add_glue_dir, replace_section
+from benchlib import add_training_args, replace_section
 from run_all import MEASUREMENTS, measure
 
 SECTION = "## min_cmi's whole-run overhead, more rounds"
@@ -25,11 +25,7 @@ GOAL = 0.10  # whole-run time at most 1.10x ce's
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_glue_dir(ap)
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--out", default=str(REPORT))
+    add_training_args(ap, rounds=5)
     args = ap.parse_args()
     rows = MEASUREMENTS[:3]
     ce = rows[0]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from benchlib import OFFLINE_ENV, REPO, REPORT, add_glue_dir, split_section, write_report
+from benchlib import OFFLINE_ENV, REPO, add_training_args, split_section, write_report
 from cpu_limit import measure as cpu_limit
 from gpu_bert_base import SECTION as GPU_SECTION
 from study_cost import measure as study_cost
@@ -329,12 +329,8 @@ def gpu_section(path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_glue_dir(ap)
-    ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    add_training_args(ap, rounds=3)
     ap.add_argument("--repeats", type=int, default=5, help="for the command-line timings")
-    ap.add_argument("--out", default=str(REPORT))
     args = ap.parse_args()
     if not (Path(args.glue_dir) / "MRPC" / "train.tsv").is_file():
         sys.exit(f"--glue-dir {args.glue_dir!r} has no MRPC/train.tsv (the GLUE TSV layout)")

@@ -85,10 +85,9 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path,
              "at the GLUE files):", "", "```", *commands, "```", "",
              to_markdown(glue, best_cells(glue, means)), ""]
     if not delta.empty:
-        students = ", student and distillation loss" if delta.attrs["baseline"] == "kd" else ""
-        lines += [f"Paired difference to {delta.attrs['baseline']} (same model, data, recipe"
-                  f"{students} and seed; points; mean [95% t interval], wins/losses):", "",
-                  to_markdown(delta), ""]
+        lines += [f"Paired difference to {delta.attrs['baseline']} (same "
+                  f"{delta.attrs['paired_on']}; points; mean [95% t interval], wins/losses):",
+                  "", to_markdown(delta), ""]
     mixtures = mixture_table(runs)
     if not mixtures.empty:
         lines += ["Mixtures trained with (proportion of training batches per task, mean±std "

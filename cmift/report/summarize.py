@@ -27,9 +27,8 @@ def rules(epoch: str, split: str) -> dict[str, str]:
                  "never pools runs whose settings differ beyond the seed and the tuned knobs. "
                  "Bold: the best mean per column. avg = mean task score over tasks "
                  "(* = some tasks missing)."),
-        "delta": ("Cells: method minus {baseline} with the same model, data, recipe and seed"
-                  "{students}, on the task score (points): mean over seeds [95% t interval] and "
-                  "wins / losses out of n pairs."),
+        "delta": ("Cells: method minus {baseline} with the same {paired_on}, on the task score "
+                  "(points): mean over seeds [95% t interval] and wins / losses out of n pairs."),
     }
 
 
@@ -53,8 +52,8 @@ def write_tables(folders: list[str], out: Path, formats: list[str], epoch: str,
               "mixtures": (mixture_table(runs), None, "Multi-task mixtures")}
     text = {**rules(epoch, selected_on(runs)),
             "mixtures": "Proportion of training batches per task, mean±std over seeds (n)."}
-    text[f"delta_vs_{base}"] = text.pop("delta").format(
-        baseline=base, students=" (and student and distillation loss)" if base == "kd" else "")
+    text[f"delta_vs_{base}"] = text.pop("delta").format(baseline=base, paired_on=delta.attrs.get(
+        "paired_on", ""))
     files = [out / "runs.csv"]
     for name, (frame, mask, caption) in tables.items():
         if frame.empty:

@@ -112,7 +112,7 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
     seed, paired on the task score (points): mean, 95% confidence interval and wins/losses.
     The baseline is ce (standard dropout); in a study of students without ce runs (arXiv
     2502.11258's comparison 2) it is kd, the student of a plain teacher, paired with the same
-    student and distillation loss. `frame.attrs["baseline"]` names it."""
+    student and distillation loss. `frame.attrs` names it (baseline) and the pairing (paired_on)."""
     ok = runs[runs["status"] == "ok"].assign(score=lambda d: task_score(d))
     ok = ok.merge(select(runs), on=["method", "task", "setting"])
     if ok.empty:  # a study whose runs have not finished yet
@@ -120,9 +120,11 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
     recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
     baseline, name, keys = is_baseline(ok), "ce", ["task", "recipe", "seed"]
+    paired_on = "model, data, recipe and seed"
     if not baseline.any() and (ok["objective"] == "kd").any():
         baseline, name = ok["objective"] == "kd", "kd"
         keys += ["student", "distillation"]
+        paired_on = "model, data, recipe, student and distillation loss and seed"
     base = ok[baseline][[*keys, "score"]]
     table = {}
     for method, group in ok[~baseline].groupby("method"):
@@ -136,7 +138,7 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
         table[method] = cells
     frame = pd.DataFrame.from_dict(table, orient="index").fillna("—")  # a task it did not run
     frame = frame[[t for t in TASKS if t in frame.columns]].rename(columns=str.upper)
-    frame.attrs["baseline"] = name
+    frame.attrs.update(baseline=name, paired_on=paired_on)
     return frame
 
 
