@@ -33,7 +33,7 @@ table:      # GLUE tables (Markdown, LaTeX, CSV) and plots of every run under ou
 results:    # docs/RESULTS.md and docs/figures/ from the committed run records under results/
 	$(PYTHON) -m cmift.report.results --results results --doc docs/RESULTS.md
 
-bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~45 min on 2 CPU cores)
+bench:      # every measurement, ratios against peers in the same run -> docs/PERFORMANCE.md (~50 min on 2 CPU cores)
 	$(PYTHON) bench/run_all.py --glue-dir $(GLUE_DIR)
 
 lint:

@@ -9,6 +9,10 @@ examples), batch size 32, max length 128 and number of steps (one epoch). Each p
 its own training time (model loading and tokenization excluded), evaluation examples/s on the
 whole MRPC dev set, and its peak memory. Ratios are taken between medians of the same run.
 
+min_cmi's goals are ratios to the ce run measured next to it, and one round's ratio moves by
+about +-10% on this host: ce and the two min_cmi rows run --paired-rounds rounds (default 5),
+the other rows --rounds.
+
   python bench/run_all.py --glue-dir ../shared/glue [--samples 1024] [--rounds 3]
 """
 
@@ -45,12 +49,14 @@ class Measurement:
         return median(r[key] for r in self.results)
 
 
+PAIRED = 3  # ce and min_cmi's two rows: the paired goals' measurements
 MEASUREMENTS = [
     # min_cmi's rows right after ce's: their goals are ratios of one round's neighbours
     Measurement("cmift ce", "cmift", ["objective=ce"]),
     Measurement("cmift min_cmi, output space", "cmift",
                 ["objective=min_cmi", "objective.cmi.space=output"]),
     Measurement("cmift min_cmi, feature space", "cmift", ["objective=min_cmi"]),
+    # (the rows above run --paired-rounds rounds, the rows below --rounds)
     Measurement("cmift min_cmi, feature space, whole-set init", "cmift",
                 ["objective=min_cmi", "objective.cmi.init_samples=null"]),
     Measurement("HF Trainer (run_glue recipe)", "trainer", []),
@@ -61,6 +67,15 @@ MEASUREMENTS = [
     Measurement("kd student, live teacher", "student",
                 ["objective=kd", "distillation.teacher_logits=live"]),
 ]
+
+
+def schedule(rounds: int, paired_rounds: int) -> list[list[Measurement]]:
+    """Each round's measurements in the order they run: every row for `rounds` rounds, ce and
+    min_cmi's rows up to `paired_rounds`; odd rounds top to bottom, even rounds reversed, so
+    that each min_cmi run always has a ce run next to it."""
+    rounds_of = [MEASUREMENTS if r < rounds else MEASUREMENTS[:PAIRED]
+                 for r in range(max(rounds, paired_rounds))]
+    return [rows if r % 2 == 0 else rows[::-1] for r, rows in enumerate(rounds_of)]
 
 
 def cmift_command(args, overrides: list[str], out: Path) -> list[str]:
@@ -287,7 +302,9 @@ def report(args, measurements, cli, summary) -> str:
         "",
         f"MiniLM-L6 (all-MiniLM-L6-v2), real MRPC train, first {args.samples} examples, batch "
         f"{args.batch_size}, max length 128, one epoch ({-(-args.samples // args.batch_size)} "
-        f"optimiser steps), dynamic padding everywhere, fp32. {args.rounds} rounds; one process "
+        f"optimiser steps), dynamic padding everywhere, fp32. {args.rounds} rounds (ce and "
+        f"min_cmi's two rows: {max(args.rounds, args.paired_rounds)}, for min_cmi's paired "
+        "goals); one process "
         "per measurement; odd rounds run the rows top to bottom, even rounds bottom to top. "
         "Training time excludes model loading and tokenization and includes the objective's "
         "no-grad passes (min_cmi's centroid initialisation: by default over a seeded sample of "
@@ -330,6 +347,8 @@ def gpu_section(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_args(ap, rounds=3)
+    ap.add_argument("--paired-rounds", type=int, default=5,
+                    help="rounds of ce and the two min_cmi rows (their goals are paired ratios)")
     ap.add_argument("--repeats", type=int, default=5, help="for the command-line timings")
     args = ap.parse_args()
     if not (Path(args.glue_dir) / "MRPC" / "train.tsv").is_file():
@@ -343,8 +362,7 @@ def main() -> None:
         print("training the kd teacher (not timed) ...", flush=True)
         run_checked(cmift_command(args, ["objective=kd"], work / "distil"))
         shutil.rmtree(work / "distil" / "mrpc")
-        for r in range(args.rounds):
-            order = MEASUREMENTS if r % 2 == 0 else MEASUREMENTS[::-1]
+        for r, order in enumerate(schedule(args.rounds, args.paired_rounds)):
             for m in order:
                 result = measure(m, args, work)
                 m.results.append(result)

@@ -13,7 +13,10 @@ slot=${1:?slot A or B}
 repo=${CMIFT_QUEUE_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 commit=$(git -C "$repo" rev-parse --short "${2:-HEAD}")
 tree="$repo/../study-$commit"
-[ -d "$tree" ] || git -C "$repo" worktree add -f --detach "$tree" "$commit" >/dev/null 2>&1
+# both slots start together: one lock, so that two `worktree add`s never race (both fail)
+[ -d "$tree" ] || flock "$repo/.git/cmift-queue.lock" sh -c \
+  '[ -d "$1" ] || git -C "$2" worktree add -f --detach "$1" "$3" >/dev/null' _ "$tree" "$repo" "$commit"
+[ -d "$tree" ] || { echo "queue $slot: no worktree $tree for $commit" >&2; exit 1; }
 # bash reads a script as it runs it: run the worktree's copy, so that editing this file in the
 # checkout never reaches a running queue (records still go to the checkout's results/)
 # (a commit from before this line runs on from here: its copy would write to its own results/)

@@ -9,7 +9,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from benchlib import replace_section  # noqa: E402
 from gpu_bert_base import peak_tflops  # noqa: E402
-from run_all import gpu_section  # noqa: E402
+from run_all import MEASUREMENTS, gpu_section, schedule  # noqa: E402
 
 REPORT = "# cmift performance\n\n## Goals\n\ngoals\n\n## GPU\n\nold gpu\n\n## Later\n\nlater\n"
 
@@ -52,3 +52,14 @@ def test_paper_studies_in_gpu_hours_count_every_run():
                                            "minilm_l6": 1.0})
     assert abs(first - (9 + 3 * 10) * examples / 100 / 3600) < 1e-9
     assert abs(second - ((9 + 2 * 10 + 3 * 1) / 100 + 6 * 9 / 200) * examples / 3600) < 1e-9
+
+
+def test_bench_schedule_gives_min_cmi_more_paired_rounds():
+    rounds = schedule(rounds=3, paired_rounds=5)
+    assert len(rounds) == 5 and all(len(r) == len(MEASUREMENTS) for r in rounds[:3])
+    names = [[m.name for m in r] for r in rounds[3:]]
+    # rounds 4 and 5: only ce and min_cmi's two rows, still alternating
+    assert names == [["cmift min_cmi, feature space", "cmift min_cmi, output space", "cmift ce"],
+                     ["cmift ce", "cmift min_cmi, output space", "cmift min_cmi, feature space"]]
+    assert [m.name for m in rounds[1]] == [m.name for m in MEASUREMENTS[::-1]]
+    assert len(schedule(rounds=3, paired_rounds=2)) == 3  # never fewer than --rounds

@@ -200,6 +200,22 @@ def test_paired_delta_has_a_t_interval_and_wins():
     assert paired_delta(np.array([-1.0])) == "-1.0 W0/L1 of 1"
 
 
+def test_paired_delta_interval_matches_scipy_stats():
+    """The table takes t's quantile from scipy.special (a lighter import): scipy.stats' own
+    t.interval gives the same bounds for every n the studies have."""
+    import numpy as np
+    from scipy import stats
+
+    from cmift.report.tables import paired_delta
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10, 30):
+        diffs = rng.normal(0.5, 2.0, n)
+        lo, hi = stats.t.interval(0.95, n - 1, loc=diffs.mean(),
+                                  scale=diffs.std(ddof=1) / np.sqrt(n))
+        assert f"[{lo:+.1f}, {hi:+.1f}]" in paired_delta(diffs)
+
+
 def test_new_users_two_runs_make_two_rows(glue_dir, tmp_path):
     """The issue's command lines: a full-dev and a 50-example-dev smoke run are two rows."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
