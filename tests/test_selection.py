@@ -85,3 +85,34 @@ def test_results_document_is_rebuilt_byte_for_byte(tmp_path):
             "cmift -m experiment=toy_study objective.cmi.lam=1.0 seed=1,2\n") in first
     assert str(tmp_path) not in first
     assert "![score_vs_lam](figures/cpu-toy_study/score_vs_lam.png)" in first
+
+
+def test_tuning_methods_choose_each_methods_lr_on_the_selection_split(tmp_path):
+    """tuning_methods runs the parameter-efficient methods at two lrs, full at one: its tables
+    choose the lr per method on the selection split (results.TUNE), never on dev."""
+    from cmift.report.load import load_runs
+    from cmift.report.methods import add_methods
+    from cmift.report.results import TUNE
+    from cmift.report.tables import glue_table
+
+    def record(seed, tuning, lr, dev, selection):
+        folder = tmp_path / f"{tuning}-{lr}-{seed}"
+        folder.mkdir()
+        ev = {"step": 5, "epoch": 1.0, "dev": {"accuracy": dev, "score": dev},
+              "selection": {"accuracy": selection, "score": selection}}
+        (folder / "metrics.json").write_text(json.dumps({
+            "status": "ok", "task": "rte", "model": "m", "objective": "ce", "tuning": tuning,
+            "distillation": "none", "seed": seed, "evals": [ev],
+            "final": {"step": 5, "epoch": 1.0, **ev["dev"]}, "best": {"step": 5, **ev["dev"]},
+            "config": {"objective": {"name": "ce"}, "train": {"lr": lr}}}))
+
+    for seed in (1, 2):
+        record(seed, "full", 5e-5, dev=0.62, selection=0.60)
+        record(seed, "prefix", 5e-5, dev=0.58, selection=0.50)  # better on dev only
+        record(seed, "prefix", 5e-3, dev=0.55, selection=0.57)  # better on selection
+    runs, _ = load_runs([str(tmp_path)], "last")
+    glue, _ = glue_table(add_methods(runs, TUNE["tuning_methods"]))
+    cells = glue["RTE (accuracy)"].to_dict()
+    assert any(v.startswith("55.0±0.0 (n=2) [lr=0.005]") for v in cells.values()), cells
+    assert any(v.startswith("62.0±0.0 (n=2)") for v in cells.values()), cells
+    assert not any(v.startswith("58.0") for v in cells.values()), cells

@@ -33,6 +33,9 @@ steps; no weights). Do not edit by hand: the reading below comes from `docs/resu
 # instead of showing one row per value.
 TUNE = {study: ("train.lr", "train.epochs")
         for study in ("ce_tuning", "ce_tuning_sst2", "kd_student_tuning")}
+# the parameter-efficient methods also run at lr 5e-3 (conf/experiment/tuning_methods.yaml):
+# each method's lr is chosen per task on the selection split
+TUNE["tuning_methods"] = ("train.lr",)
 
 
 def _spent(runs: pd.DataFrame) -> tuple[int, float]:
