@@ -204,10 +204,13 @@ def test_teacher_recipe_of_its_own(fake_glue):
 @pytest.mark.parametrize("override, message", [
     ("distillation.teacher_lr=0", r"distillation.teacher_lr=0.0 is not allowed: null \(the "),
     ("distillation.teacher_epochs=0", r"distillation.teacher_epochs=0 is not allowed"),
+    ("distillation.teacher_epochs=5 train.max_steps=20",
+     r"distillation.teacher_epochs=5 is not allowed: null while train.max_steps=20 is set"),
 ])
 def test_bad_teacher_recipe_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose("objective=kd", override))
+        validate(compose("objective=kd", *override.split()))
+    validate(compose("objective=kd", "train.max_steps=20"))  # max_steps alone is fine
 
 
 def test_changed_train_file_is_trained_again_not_skipped(fake_glue, tmp_path):

@@ -101,6 +101,11 @@ def validate(cfg: DictConfig, overrides: list[str] = ()) -> None:
         _require(False, "objective", objective.name,
                  f"a classification objective; task {task.name} is regression (use "
                  "objective=ce)")
+    if cfg.distillation.get("teacher_epochs") is not None and cfg.train.max_steps is not None:
+        # the teacher inherits the student's max_steps, which would cut its epochs short
+        _require(False, "distillation.teacher_epochs", cfg.distillation.teacher_epochs,
+                 f"null while train.max_steps={cfg.train.max_steps} is set (max_steps bounds "
+                 "the teacher's run too; unset one of them)")
     losses = [n for n in options("distillation") if n != "none"]
     if objective.distils:
         _require(distillation.name != "none", "distillation", distillation.name,
