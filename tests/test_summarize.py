@@ -367,3 +367,22 @@ def test_the_queue_reads_a_tuning_studys_choice_from_its_finished_grid(tmp_path)
     record = json.loads(first.read_text())
     first.write_text(json.dumps({**record, "status": "running"}))
     assert chosen(str(partial), "wnli") is None
+
+
+def test_sensitivity_plot_never_pools_another_knobs_values():
+    """score against T for max_cmi_kd at two lam: one line per lam, each point one setting."""
+    import pandas as pd
+
+    from cmift.report.plots import sensitivity_lines
+
+    tuned = "cfg.objective.cmi.lam,cfg.distillation.kd.temperature"
+    rows = [{"method": "s max_cmi_kd", "tuned": tuned,
+             "cfg.objective.cmi.lam": lam, "cfg.distillation.kd.temperature": t, "score": score}
+            for lam, t, score in [(0.1, 2.0, 70), (0.1, 4.0, 72), (0.2, 2.0, 60), (0.2, 4.0, 64),
+                                  (0.1, 2.0, 74)]]
+    lines = sensitivity_lines(pd.DataFrame(rows), "cfg.distillation.kd.temperature")
+    assert set(lines) == {("s max_cmi_kd", "s max_cmi_kd [lam=0.1]"),
+                          ("s max_cmi_kd", "s max_cmi_kd [lam=0.2]")}
+    low = lines["s max_cmi_kd", "s max_cmi_kd [lam=0.1]"]
+    assert low["mean"].tolist() == [72.0, 72.0] and low["count"].tolist() == [2, 1]
+    assert lines["s max_cmi_kd", "s max_cmi_kd [lam=0.2]"]["mean"].tolist() == [60.0, 64.0]

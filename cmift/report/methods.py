@@ -84,14 +84,14 @@ def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
     keys chosen per task, e.g. ("train.lr", "train.epochs") when the ce recipe is tuned."""
     runs = runs.copy()
     if runs.empty:
-        return runs.assign(method=[], setting=[])
+        return runs.assign(method=[], setting=[], tuned=[])
     for col in ("student", "distillation"):
         runs[col] = runs[col].fillna("")
     runs["dropout"] = runs.get("dropout", pd.Series("standard", index=runs.index)).fillna(
         "standard")
     runs["tuning"] = runs.get("tuning", pd.Series("full", index=runs.index)).fillna("full")
     runs["mixture"] = runs.get("mixture", pd.Series("none", index=runs.index)).fillna("none")
-    runs["method"], runs["setting"] = "", ""
+    runs["method"], runs["setting"], runs["tuned"] = "", "", ""  # tuned: its knobs' columns
     groups = [group for _, group in runs.groupby(
         ["model", "objective", "distillation", "student", "dropout", "tuning", "mixture"],
         dropna=False, sort=False)]
@@ -109,6 +109,7 @@ def add_methods(runs: pd.DataFrame, tune: tuple[str, ...] = ()) -> pd.DataFrame:
             runs.at[idx, "method"] = f"{_label(first)} [{extra}]" if extra else _label(first)
             runs.at[idx, "setting"] = ",".join(f"{short[c[4:]]}={as_text(runs.at[idx, c])}"
                                                for c in hp if c in runs)
+            runs.at[idx, "tuned"] = ",".join(c for c in hp if c in runs)
     return runs
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmift.report.load import display_name
-from cmift.report.methods import is_baseline, select, task_score
+from cmift.report.methods import as_text, is_baseline, select, task_score
 from cmift.runs.files import atomic_write
 
 
@@ -60,6 +60,25 @@ def _band(ax, x, mean, std, label, **style):
 CE_STYLES = [("grey", "--"), ("black", ":"), ("tab:brown", "-."), ("tab:olive", "--")]
 
 
+def sensitivity_lines(runs: pd.DataFrame, col: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """(method, label) -> score mean / std / count per value of `col`: one line per value of
+    the method's other tuned knobs (max_cmi_kd against T: one line per lam), so that a point
+    never pools runs that differ in a setting; lines with fewer than 2 points are left out."""
+    lines = {}
+    for method, g in runs.groupby("method"):
+        tuned = g["tuned"].iloc[0] if "tuned" in g else ""
+        others = [c for c in tuned.split(",") if c and c != col and c in g]
+        named = [c for c in others if g[c].map(as_text).nunique() > 1]
+        keys = g[others].map(as_text).agg(",".join, axis=1) if others else pd.Series("", g.index)
+        for _, line in g.groupby(keys, sort=True):
+            stats = line.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
+            label = method + ("" if not named else " [" + ",".join(
+                f"{c.rsplit('.', 1)[-1]}={as_text(line[c].iloc[0])}" for c in named) + "]")
+            if len(stats) >= 2:
+                lines[method, label] = stats
+    return lines
+
+
 def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[Path]:
     """Task score (x100) against `knob` per method, ce as a horizontal band, one panel a task."""
     col = f"cfg.{knob}"
@@ -75,20 +94,23 @@ def sensitivity(runs: pd.DataFrame, knob: str, xlabel: str, path: Path) -> list[
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 4.2 * len(tasks)), 3.4 + 0.16 * rows),
                              squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks):
+        styles = {m: cycle(["-", "--", ":", "-."]) for m in colors}  # a method's lines, in order
         # one band per ce method (runs that differ in a setting, e.g. precision, never pool)
         baselines = ok[(ok["task"] == task) & is_baseline(ok)].groupby("method")["score"]
         for (method, ce), (color, dash) in zip(baselines, cycle(CE_STYLES)):
             std = ce.std(ddof=1) if len(ce) > 1 else 0.0
             ax.axhspan(ce.mean() - std, ce.mean() + std, color=color, alpha=0.2, linewidth=0)
             ax.axhline(ce.mean(), color=color, linestyle=dash, label=f"{method} (n={len(ce)})")
-        for method, g in swept[swept["task"] == task].groupby("method"):
-            stats = g.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
-            if len(stats) >= 2:
-                _band(ax, stats.index.to_numpy(float), stats["mean"].to_numpy(),
-                      stats["std"].fillna(0).to_numpy(), f"{method} (n={stats['count'].max()})",
-                      color=colors[method])
+        for (method, label), stats in sensitivity_lines(swept[swept["task"] == task],
+                                                       col).items():
+            _band(ax, stats.index.to_numpy(float), stats["mean"].to_numpy(),
+                  stats["std"].fillna(0).to_numpy(), f"{label} (n={stats['count'].max()})",
+                  color=colors[method], linestyle=next(styles[method]))
         if (swept[col] > 0).all():
             ax.set_xscale("log")
+            values = sorted(swept.loc[swept["task"] == task, col].unique())
+            ax.set_xticks(values, [as_text(v) for v in values])  # the swept values, not 2x10^0
+            ax.minorticks_off()
         ax.set(title=display_name(task), xlabel=xlabel, ylabel="dev task score")
     _legend_below(fig, axes[0])
     return _save(fig, path)
