@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmift.report.load import display_name
-from cmift.report.methods import as_text, is_baseline, select, task_score
+from cmift.report.methods import as_text, is_baseline, select, short_names, task_score
 from cmift.runs.files import atomic_write
 
 
@@ -69,11 +69,12 @@ def sensitivity_lines(runs: pd.DataFrame, col: str) -> dict[tuple[str, str], pd.
         tuned = g["tuned"].iloc[0] if "tuned" in g else ""
         others = [c for c in tuned.split(",") if c and c != col and c in g]
         named = [c for c in others if g[c].map(as_text).nunique() > 1]
+        short = short_names([c[4:] for c in named])  # the tables' knob labels
         keys = g[others].map(as_text).agg(",".join, axis=1) if others else pd.Series("", g.index)
         for _, line in g.groupby(keys, sort=True):
             stats = line.groupby(col)["score"].agg(["mean", "std", "count"]).sort_index()
             label = method + ("" if not named else " [" + ",".join(
-                f"{c.rsplit('.', 1)[-1]}={as_text(line[c].iloc[0])}" for c in named) + "]")
+                f"{short[c[4:]]}={as_text(line[c].iloc[0])}" for c in named) + "]")
             if len(stats) >= 2:
                 lines[method, label] = stats
     return lines
