@@ -76,13 +76,19 @@ case $slot in
     # comparison 2: the kd student's own recipe first (the teachers keep ce_tuning's), then the
     # study at it; its first attempt at the teachers' recipe overfit (results/cpu/
     # max_cmi_kd_vs_kd_first_recipe, docs/results_reading.md)
-    sweep kd_student_tuning "${fast[@]}"
-    for task in mrpc rte; do
+    # MRPC and RTE first (seeds 1-3), then CoLA, SST-2's first 10,000 rows and WNLI (seeds 1-3),
+    # then MRPC and RTE's seeds 4 and 5; each task's teachers at ce's chosen recipe for it
+    for run in mrpc:1,2,3 rte:1,2,3 cola:1,2,3 sst2:1,2,3 wnli:1,2,3 mrpc:4,5 rte:4,5; do
+      task=${run%%:*} seeds=${run#*:}
+      subset=(); grid=ce_tuning
+      [ $task = sst2 ] && { subset=(data.max_train_samples=10000); grid=ce_tuning_sst2; }
+      teacher=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/$grid" $task \
+        --teacher) || { echo "$slot: no ce recipe for $task's teachers" >&2; continue; }
+      sweep kd_student_tuning task=$task "${fast[@]}" "${subset[@]}" $teacher
       recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
         $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
         "for kd_student_tuning"; continue; }
-      sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" distillation.teacher_lr=1e-4 \
-        distillation.teacher_epochs=5 $recipe seed=1,2,3
+      sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" "${subset[@]}" $teacher $recipe seed=$seeds
     done
     # the TTM / WTTM rows (arXiv 2402.11148's losses) on MRPC: the same teachers, new students
     recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \

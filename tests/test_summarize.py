@@ -360,6 +360,8 @@ def test_the_queue_reads_a_tuning_studys_choice_from_its_finished_grid(tmp_path)
         pytest.skip("no committed ce_tuning records in this checkout")
     assert chosen(str(records), "mrpc") == "train.lr=0.0001 train.epochs=5"
     assert chosen(str(records), "wnli") == "train.lr=2e-05 train.epochs=3"
+    assert chosen(str(records), "cola", teacher=True) == \
+        "distillation.teacher_lr=0.0001 distillation.teacher_epochs=5"
     assert chosen(str(records), "sst2") is None  # not run
     partial = tmp_path / "ce_tuning"
     shutil.copytree(records / "wnli", partial / "wnli")
