@@ -66,6 +66,20 @@ def test_sweep_records_failures_goes_on_then_skips_finished(glue_dir, tmp_path):
         "+2 failed" in md
 
 
+def test_the_same_settings_typed_differently_find_the_finished_run(glue_dir, tmp_path):
+    """A directory's name keeps the overrides as typed; its hash is the settings. Repeating a
+    default on the command line (in another spelling) must find the finished run, not train a
+    second copy of it in a new directory."""
+    common = ["task=mrpc", *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
+    assert finish(cmift("seed=1", *common, cwd=tmp_path))[0] == 0
+    code, out, err = finish(cmift("seed=1", "train.lr=0.00002", *common, cwd=tmp_path))
+    assert code == 0 and "already finished ok; skipped" in out, out + err[-2000:]
+    assert len(statuses(tmp_path / "out")) == 1
+    # a different value is a different run, in a directory of its own
+    assert finish(cmift("seed=1", "train.lr=3e-5", *common, cwd=tmp_path))[0] == 0
+    assert sorted(statuses(tmp_path / "out").values()) == ["ok", "ok"]
+
+
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(glue_dir, tmp_path):
     common = ["task=mrpc", *TINY, f"data.glue_dir={glue_dir}", f"output_dir={tmp_path}/out"]
     args = ["-m", "seed=1,2,3", *common]

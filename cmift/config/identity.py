@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -132,8 +133,22 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     return f"{task_label(cfg)}/{cfg.objective.name}/{cfg.model.name}/{label}-{config_hash(cfg)}"
 
 
+def existing_run_name(output_dir: str | Path, name: str) -> str:
+    """`name`, or the directory already in `output_dir` with the same identity hash: the
+    readable part of a name comes from how the overrides were typed (a preset's value repeated
+    on the command line, 1e-4 for 0.0001), so the same settings could otherwise get a second
+    directory and train again instead of resuming or skipping."""
+    parent, leaf = name.rsplit("/", 1)
+    folder = Path(output_dir) / parent
+    if (folder / leaf).exists() or not folder.is_dir():
+        return name
+    twins = sorted(d.name for d in folder.glob(f"*-{leaf.rsplit('-', 1)[-1]}") if d.is_dir())
+    return f"{parent}/{twins[0]}" if twins else name
+
+
 def _run_name_resolver(*, _root_: DictConfig) -> str:
-    return run_name(_root_, list(_root_.hydra.overrides.task))
+    name = run_name(_root_, list(_root_.hydra.overrides.task))
+    return existing_run_name(_root_.output_dir, name)
 
 
 def register_resolvers() -> None:
