@@ -78,17 +78,13 @@ case $slot in
     # max_cmi_kd_vs_kd_first_recipe, docs/results_reading.md)
     # MRPC and RTE first (seeds 1-3), then CoLA, SST-2's first 10,000 rows and WNLI (seeds 1-3),
     # then MRPC and RTE's seeds 4 and 5; each task's teachers at ce's chosen recipe for it
-    preset_teacher="distillation.teacher_lr=0.0001 distillation.teacher_epochs=5"
     for run in mrpc:1,2,3 rte:1,2,3 cola:1,2,3 sst2:1,2,3 wnli:1,2,3 mrpc:4,5 rte:4,5; do
       task=${run%%:*} seeds=${run#*:}
       subset=(); grid=ce_tuning
       [ $task = sst2 ] && { subset=(data.max_train_samples=10000); grid=ce_tuning_sst2; }
       teacher=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/$grid" $task \
         --teacher) || { echo "$slot: no ce recipe for $task's teachers" >&2; continue; }
-      # the preset's own teacher recipe (1e-4 x 5) stays off the command line: an override names
-      # a run's directory, so repeating it would not find the finished MRPC / RTE grids
-      own=$teacher; [ "$teacher" = "$preset_teacher" ] && own=
-      sweep kd_student_tuning task=$task "${fast[@]}" "${subset[@]}" $own
+      sweep kd_student_tuning task=$task "${fast[@]}" "${subset[@]}" $teacher
       recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
         $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
         "for kd_student_tuning"; continue; }
