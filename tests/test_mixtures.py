@@ -216,6 +216,15 @@ def test_taskpgm_reuses_single_task_runs_which_are_table_rows(fake_glue, tmp_pat
     info = record["mixture"]
     assert len(info["single_task_runs"]) == 2 and len(info["similarity"]) == 2
     assert sum(info["p"]) == pytest.approx(1.0)
+    # a single-task record keeps the overrides that reproduce it (its command line, its hash)
+    from cmift.config.identity import config_hash
+
+    singles = [json.loads(p.read_text()) for p in (tmp_path / "o").rglob("metrics.json")
+               if "+" not in p.parent.parent.parent.parent.name]
+    assert len(singles) == 2
+    for single in singles:
+        assert "mixture=none" in single["overrides"], single["overrides"]
+        assert config_hash(compose(*single["overrides"])) == single["config_hash"]
     second = cmift([*args, "mixture.taskpgm.divergence=pmi"], tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "training the single-task" not in second.stderr

@@ -46,6 +46,16 @@ def single_task_config(cfg: DictConfig, task: str) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
+def single_task_overrides(parent: list[str], task: str) -> list[str]:
+    """The command-line overrides that reproduce the single-task run of `task` (what its record
+    keeps, so that its command line and identity can be read back): the mixture run's own,
+    with its task, objective and mixture settings replaced by the single-task run's."""
+    own = ("task", "objective", "mixture")
+    kept = [o for o in parent
+            if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in own]
+    return [*kept, f"task={task}", "objective=ce", "mixture=none", "mixture.tasks=[]"]
+
+
 def single_task_run(cfg: DictConfig, task: str, run) -> Path:
     """The finished single-task run of `task` in the output tree, trained now if missing."""
     tcfg = single_task_config(cfg, task)
@@ -61,8 +71,14 @@ def single_task_run(cfg: DictConfig, task: str, run) -> Path:
             return found[0]
         log.info("taskpgm: training the single-task %s model in %s", task, folder)
         folder.mkdir(parents=True, exist_ok=True)
-        run(tcfg, folder, overrides=[f"task={task}"])
+        run(tcfg, folder, overrides=single_task_overrides(_parent_overrides(), task))
     return folder
+
+
+def _parent_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def probe_texts(cfg: DictConfig, parts, per_task: int) -> list:
