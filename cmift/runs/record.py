@@ -17,6 +17,14 @@ from cmift.runs.files import METRICS_FILE, SCHEMA_VERSION, DiskFull, write_json
 from cmift.runs.scores import best_index
 
 
+def command_overrides() -> list[str]:
+    """The overrides this process was started with (Hydra's task overrides; none outside Hydra):
+    what a run's record keeps."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

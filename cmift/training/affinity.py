@@ -28,6 +28,7 @@ from cmift.mixtures import taskpgm
 from cmift.objectives.cmi import CMIKnobs
 from cmift.objectives.cmi_terms import FeatureMap
 from cmift.runs.files import METRICS_FILE, MODEL_DIR
+from cmift.runs.record import command_overrides
 from cmift.training.device import Forward
 from cmift.training.evaluate import eval_passes
 from cmift.training.teacher import finished_with_weights
@@ -71,14 +72,8 @@ def single_task_run(cfg: DictConfig, task: str, run) -> Path:
             return found[0]
         log.info("taskpgm: training the single-task %s model in %s", task, folder)
         folder.mkdir(parents=True, exist_ok=True)
-        run(tcfg, folder, overrides=single_task_overrides(_parent_overrides(), task))
+        run(tcfg, folder, overrides=single_task_overrides(command_overrides(), task))
     return folder
-
-
-def _parent_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def probe_texts(cfg: DictConfig, parts, per_task: int) -> list:

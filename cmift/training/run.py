@@ -43,7 +43,7 @@ from cmift.runs.files import (
 from cmift.runs.logs import setup_logging
 from cmift.runs.manifest import manifest
 from cmift.runs.predictions import write_predictions, write_test_predictions
-from cmift.runs.record import RunRecord
+from cmift.runs.record import RunRecord, command_overrides
 from cmift.training import checkpoint as ckpt
 from cmift.training.device import bf16_hint, peak_memory_mb, pick_device
 from cmift.training.evaluate import predict
@@ -73,14 +73,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     # (a data-parallel run trains: adopting is one process's file work)
     if (after_fit is None and not cfg.rerun and not RANKS.parallel
             and (teacher := finished_teacher_run(cfg))):
-        return adopt_teacher_run(teacher, run_dir, _overrides() if overrides is None
+        return adopt_teacher_run(teacher, run_dir, command_overrides() if overrides is None
                                  else overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.train.precision)
     atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
     write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
-    record = RunRecord.start(cfg, run_dir, _overrides() if overrides is None else overrides)
+    record = RunRecord.start(cfg, run_dir, command_overrides() if overrides is None else overrides)
     log.info("run %s on %s", run_dir, device.describe())
     if hint := bf16_hint(cfg.train.precision, device):
         log.info(hint)
@@ -227,9 +227,3 @@ def save_weights(model, tokenizer, folder: Path, task) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-
-
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
