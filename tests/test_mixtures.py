@@ -225,6 +225,13 @@ def test_taskpgm_reuses_single_task_runs_which_are_table_rows(fake_glue, tmp_pat
     for single in singles:
         assert "mixture=none" in single["overrides"], single["overrides"]
         assert config_hash(compose(*single["overrides"])) == single["config_hash"]
+    # the study's compute counts each record once (the multi-task run is a table row per task)
+    from cmift.report.results import _spent
+
+    n, seconds, unfinished = _spent(tmp_path / "o")
+    everything = [record, *singles]
+    assert (n, unfinished) == (3, 0)
+    assert seconds == pytest.approx(sum(r["train_seconds"] + r["eval_seconds"] for r in everything))
     second = cmift([*args, "mixture.taskpgm.divergence=pmi"], tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "training the single-task" not in second.stderr

@@ -72,6 +72,7 @@ def test_results_document_is_rebuilt_byte_for_byte(tmp_path):
     for seed in (1, 2):
         _record(study, seed, 0.1, dev=0.60, selection=0.80)
         _record(study, seed, 1.0, dev=0.70, selection=0.75)
+    _record(study / "teachers", 1, 0.0, dev=0.80, selection=0.80)  # no table row; it cost time
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "results_reading.md").write_text("## Reading\n\nHand-written.\n")
@@ -79,7 +80,7 @@ def test_results_document_is_rebuilt_byte_for_byte(tmp_path):
     second = write_results(tmp_path / "results", docs / "RESULTS.md")
     assert first == second == (docs / "RESULTS.md").read_text()
     assert "## toy_study (cpu)" in first and "Hand-written." in first
-    assert "| toy_study (cpu) | 4 |" in first and "| **total** | **4** |" in first  # spent
+    assert "| toy_study (cpu) | 5 |" in first and "| **total** | **5** |" in first  # spent
     # no preset named toy_study: its records gather the seeds only
     assert ("cmift -m experiment=toy_study objective.cmi.lam=0.1 seed=1,2\n"
             "cmift -m experiment=toy_study objective.cmi.lam=1.0 seed=1,2\n") in first

@@ -10,12 +10,11 @@ depends only on the records: a second run writes the same bytes.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import pandas as pd
-
 from cmift.report.commands import command_lines
-from cmift.report.load import load_runs
+from cmift.report.load import find_runs, load_runs
 from cmift.report.methods import add_methods, selected_on
 from cmift.report.mixtures import mixture_table
 from cmift.report.plots import write_plots
@@ -38,30 +37,40 @@ TUNE = {study: ("train.lr", "train.epochs")
 TUNE["tuning_methods"] = ("train.lr",)
 
 
-def _spent(runs: pd.DataFrame) -> tuple[int, float]:
-    """(finished runs, their training + evaluation seconds)."""
-    ok = runs[runs["status"] == "ok"]
-    seconds = pd.to_numeric(ok.get("train_seconds"), errors="coerce").fillna(0).sum() + \
-        pd.to_numeric(ok.get("eval_seconds"), errors="coerce").fillna(0).sum()
-    return len(ok), float(seconds)
+def _spent(study: Path) -> tuple[int, float, int]:
+    """(finished runs, their training + evaluation seconds, runs not finished) from the study's
+    records themselves, not from table rows: a multi-task run (one table row per task) counts
+    once, and the teachers a study trained (which no table shows) count too."""
+    n, seconds, unfinished = 0, 0.0, 0
+    for path in find_runs([str(study)], include_teachers=True):
+        record = json.loads(path.read_text())
+        if record.get("status") != "ok":
+            unfinished += 1
+            continue
+        n += 1
+        seconds += float(record.get("train_seconds") or 0) + float(record.get("eval_seconds") or 0)
+    return n, seconds, unfinished
 
 
-def _cost(runs: pd.DataFrame) -> str:
-    n, seconds = _spent(runs)
-    failed = int((runs["status"] != "ok").sum())
-    text = f"{n} finished runs, {seconds / 3600:.2f} hours of training and evaluation"
-    return text + (f", {failed} failed or unfinished" if failed else "")
+def _cost(spent: tuple[int, float, int]) -> str:
+    n, seconds, unfinished = spent
+    text = (f"{n} finished runs (teachers and single-task models included), "
+            f"{seconds / 3600:.2f} hours of training and evaluation")
+    return text + (f", {unfinished} failed or unfinished" if unfinished else "")
 
 
-def spent_table(spent: dict[str, tuple[int, float]]) -> str:
+def spent_table(spent: dict[str, tuple[int, float, int]]) -> str:
     """The compute the committed records cost, per study and in all (the plan's counterpart)."""
     if not spent:
         return ""
-    rows = [f"| {name} | {n} | {seconds / 3600:.2f} |" for name, (n, seconds) in spent.items()]
-    total_n, total_s = sum(n for n, _ in spent.values()), sum(s for _, s in spent.values())
+    rows = [f"| {name} | {n} | {seconds / 3600:.2f} |" for name, (n, seconds, _) in spent.items()]
+    total_n = sum(n for n, _, _ in spent.values())
+    total_s = sum(s for _, s, _ in spent.values())
     return "\n".join(["## Compute spent (from the records)", "",
                       "Training and evaluation time of the finished runs committed under "
-                      "`results/`, as each run measured it: on this CPU two sweeps usually "
+                      "`results/`, one per run record (a study's teachers and TaskPGM's "
+                      "single-task models included; a multi-task run once), as each run "
+                      "measured it: on this CPU two sweeps usually "
                       "shared the two cores, and a run resumed from a checkpoint counts from "
                       "its resumption.", "",
                       "| study | finished runs | hours |", "|---|---|---|", *rows,
@@ -73,15 +82,16 @@ def study_section(platform: str, study: Path, figures: Path, doc_dir: Path,
     runs, evals = load_runs([str(study)], "last")
     if runs.empty:
         return ""
+    cost = _spent(study)
     if spent is not None:
-        spent[f"{study.name} ({platform})"] = _spent(runs)
+        spent[f"{study.name} ({platform})"] = cost
     runs = add_methods(runs, TUNE.get(study.name, ()))
     glue, means = glue_table(runs)
     delta = delta_table(runs)
     made = write_plots(runs, evals, figures / f"{platform}-{study.name}")
     commands = command_lines(runs.drop_duplicates("run_dir")["overrides"], study.name)
     lines = [f"## {study.name} ({platform})", "",
-             f"{_cost(runs)}. Hyperparameters and epochs were chosen on {selected_on(runs)}; "
+             f"{_cost(cost)}. Hyperparameters and epochs were chosen on {selected_on(runs)}; "
              "GLUE dev is what is reported. Command lines that reproduce these records (read "
              "back from them: each line sweeps the values its records have, so a line may also "
              "name configurations not run yet; finished runs are skipped; `GLUE_DIR` points "
