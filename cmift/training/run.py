@@ -69,18 +69,18 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
     uses it to store training-set logits)."""
     validate(cfg)
     setup_logging(run_dir)
+    overrides = command_overrides() if overrides is None else overrides
     # rerun=true trains for real, even where a teacher computed this configuration
     # (a data-parallel run trains: adopting is one process's file work)
     if (after_fit is None and not cfg.rerun and not RANKS.parallel
             and (teacher := finished_teacher_run(cfg))):
-        return adopt_teacher_run(teacher, run_dir, command_overrides() if overrides is None
-                                 else overrides)
+        return adopt_teacher_run(teacher, run_dir, overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.train.precision)
     atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
     write_json(run_dir / MANIFEST_FILE, manifest(device.describe(), torch.get_num_threads()))
-    record = RunRecord.start(cfg, run_dir, command_overrides() if overrides is None else overrides)
+    record = RunRecord.start(cfg, run_dir, overrides)
     log.info("run %s on %s", run_dir, device.describe())
     if hint := bf16_hint(cfg.train.precision, device):
         log.info(hint)
