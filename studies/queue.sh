@@ -48,6 +48,25 @@ sweep() {  # sweep <study> <overrides...>
      "output_dir=$repo/results/cpu/$study") >> "$log" 2>&1
 }
 
+comparison2() {  # comparison2 <task> <seeds>: kd_student_tuning, then max_cmi_kd_vs_kd at its choice
+  local task=$1 seeds=$2 subset=() grid=ce_tuning teacher recipe
+  [ $task = sst2 ] && { subset=(data.max_train_samples=10000); grid=ce_tuning_sst2; }
+  teacher=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/$grid" $task \
+    --teacher) || { echo "$slot: no ce recipe for $task's teachers" >&2; return 0; }
+  sweep kd_student_tuning task=$task "${fast[@]}" "${subset[@]}" $teacher
+  recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
+    $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
+    "for kd_student_tuning"; return 0; }
+  sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" "${subset[@]}" $teacher $recipe seed=$seeds
+}
+
+ttm_rows() {  # the TTM / WTTM rows (arXiv 2402.11148's losses) on MRPC: the same teachers
+  local recipe
+  recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
+    mrpc) && sweep max_cmi_kd_vs_kd task=mrpc "${fast[@]}" distillation.teacher_lr=1e-4 \
+    distillation.teacher_epochs=5 $recipe seed=1,2,3 distillation=ttm,wttm
+}
+
 case $slot in
   A)  # #14 comparison 1, then its ablations at MRPC's chosen lam (0.1)
     sweep min_cmi_vs_ce task=mrpc "${tuned[@]}"
@@ -63,6 +82,9 @@ case $slot in
     sweep ce_tuning_sst2 && recipe=$(cd "$tree" && python studies/chosen_recipe.py \
       "$repo/results/cpu/ce_tuning_sst2" sst2) &&
       sweep min_cmi_vs_ce task=sst2 data.max_train_samples=10000 $recipe seed=1,2,3
+    # comparison 2's last sweeps from the other end (B runs them in order), so that #14 ends
+    # before #18's long tuning_methods sweeps take both slots
+    ttm_rows; comparison2 rte 4,5; comparison2 mrpc 4,5
     # then B's last sweeps from the other end: a run one slot has claimed or finished, the
     # other skips (run-directory lock), so the two slots share the tail of the queue
     sweep mixtures "${fast[@]}"
@@ -79,21 +101,9 @@ case $slot in
     # MRPC and RTE first (seeds 1-3), then CoLA, SST-2's first 10,000 rows and WNLI (seeds 1-3),
     # then MRPC and RTE's seeds 4 and 5; each task's teachers at ce's chosen recipe for it
     for run in mrpc:1,2,3 rte:1,2,3 cola:1,2,3 sst2:1,2,3 wnli:1,2,3 mrpc:4,5 rte:4,5; do
-      task=${run%%:*} seeds=${run#*:}
-      subset=(); grid=ce_tuning
-      [ $task = sst2 ] && { subset=(data.max_train_samples=10000); grid=ce_tuning_sst2; }
-      teacher=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/$grid" $task \
-        --teacher) || { echo "$slot: no ce recipe for $task's teachers" >&2; continue; }
-      sweep kd_student_tuning task=$task "${fast[@]}" "${subset[@]}" $teacher
-      recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
-        $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
-        "for kd_student_tuning"; continue; }
-      sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" "${subset[@]}" $teacher $recipe seed=$seeds
+      comparison2 ${run%%:*} ${run#*:}
     done
-    # the TTM / WTTM rows (arXiv 2402.11148's losses) on MRPC: the same teachers, new students
-    recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
-      mrpc) && sweep max_cmi_kd_vs_kd task=mrpc "${fast[@]}" distillation.teacher_lr=1e-4 \
-      distillation.teacher_epochs=5 $recipe seed=1,2,3 distillation=ttm,wttm
+    ttm_rows
     # each task: the preset (all five methods at the authors' lr 5e-5), then its second lr for
     # the four parameter-efficient methods (the preset's header says why)
     for task in rte cola sst2; do
