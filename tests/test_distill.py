@@ -119,13 +119,18 @@ def test_distillation_objectives_default_to_the_kd_loss():
     assert method("objective", "kd").teacher == "ce"
 
 
+def tiny_student(tmp_path, glue_dir, name, *overrides):
+    """A tiny student run in tmp_path/name, its teachers under tmp_path/teachers."""
+    cfg = compose("model=tiny", f"data.glue_dir={glue_dir}", "data.max_eval_samples=32",
+                  f"output_dir={tmp_path}", *overrides)
+    (tmp_path / name).mkdir()
+    return run(cfg, tmp_path / name)
+
+
 def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
     def student(name, *overrides):
-        cfg = compose("model=tiny", "objective=max_cmi_kd", "train.max_steps=6",
-                      f"data.glue_dir={glue_dir}", "data.max_train_samples=96",
-                      "data.max_eval_samples=32", f"output_dir={tmp_path}", *overrides)
-        (tmp_path / name).mkdir()
-        return run(cfg, tmp_path / name)
+        return tiny_student(tmp_path, glue_dir, name, "objective=max_cmi_kd", "train.max_steps=6",
+                            "data.max_train_samples=96", *overrides)
 
     first = student("a", "distillation=wttm")
     # the teacher's run set up logging again: transformers still reports errors only (no LOAD
@@ -153,6 +158,29 @@ def test_teacher_trained_once_then_reused(glue_dir, tmp_path):
     third = student("c", "seed=7")
     assert third["teacher"]["reused"] is False
     assert third["teacher"]["key"] != first["teacher"]["key"]
+
+
+def test_a_teacher_without_its_weights_serves_cached_students_only(glue_dir, tmp_path):
+    """A clone of the committed records holds each teacher's logits and records, not its
+    weights: a cached student reuses that teacher (its records untouched); a live student,
+    which runs the teacher's model, trains it again."""
+    import shutil
+
+    def student(name, *overrides):
+        return tiny_student(tmp_path, glue_dir, name, "objective=kd", "train.max_steps=4",
+                            "data.max_train_samples=64", *overrides)
+
+    assert student("a")["teacher"]["reused"] is False
+    [teacher] = [p.parent for p in (tmp_path / "teachers").rglob("metrics.json")]
+    shutil.rmtree(teacher / "model")
+    shutil.rmtree(teacher / "checkpoints", ignore_errors=True)
+    before = {p.name: p.read_bytes() for p in teacher.iterdir() if p.is_file()}
+    cached = student("b", "distillation.kd.temperature=4")
+    assert cached["teacher"]["reused"] is True and cached["status"] == "ok"
+    assert {p.name: p.read_bytes() for p in teacher.iterdir() if p.is_file()} == before
+    live = student("c", "distillation.teacher_logits=live")
+    assert live["teacher"]["reused"] is False and live["status"] == "ok"
+    assert (teacher / "model").is_dir()
 
 
 def test_live_teacher_matches_cached_logits(glue_dir, tmp_path):

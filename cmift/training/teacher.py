@@ -83,25 +83,32 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
-def finished_with_weights(run_dir: Path) -> bool:
-    """A finished (status ok) run whose weights were kept."""
+def finished(run_dir: Path) -> bool:
+    """A finished (status ok) run."""
     try:
-        ok = read_json(run_dir / METRICS_FILE).get("status") == "ok"
+        return read_json(run_dir / METRICS_FILE).get("status") == "ok"
     except (OSError, ValueError):
         return False
-    return ok and (run_dir / MODEL_DIR).is_dir()
 
 
-def _trained_in(folder: Path) -> Path | None:
+def finished_with_weights(run_dir: Path) -> bool:
+    """A finished (status ok) run whose weights were kept."""
+    return finished(run_dir) and (run_dir / MODEL_DIR).is_dir()
+
+
+def _trained_in(folder: Path, weights: bool) -> Path | None:
     """Where the teacher stored in `folder` was trained: the folder itself, or the finished
-    standalone run it reuses (source.json); None when there is no finished teacher yet."""
+    standalone run it reuses (source.json); None when there is no finished teacher yet, or
+    when `weights` are asked for and were not kept. Cached students need only the logits: a
+    clone of the committed records (logits, no weights) resumes a study without retraining
+    its teachers."""
     if not (folder / LOGITS_FILE).is_file():
         return None
     try:
         source = Path(read_json(folder / SOURCE_FILE)["run_dir"])
     except (OSError, ValueError, KeyError):
         source = folder
-    return source if finished_with_weights(source) else None
+    return source if (finished_with_weights if weights else finished)(source) else None
 
 
 def finished_standalone_run(tcfg: DictConfig, key: str) -> Path | None:
@@ -153,17 +160,18 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
     folder = (Path(cfg.output_dir) / TEACHERS_DIR / cfg.task.name / tcfg.objective.name /
               cfg.model.name / f"seed={cfg.seed}-{key}")
     folder.mkdir(parents=True, exist_ok=True)
+    weights = choice(cfg.distillation.teacher_logits) == "live"  # a live teacher runs its model
     reused = True
     # a parallel student waits here for the teacher; on a data-parallel run rank 0 holds the
     # lock and decides, and every rank trains the teacher with it (rank 0 writes)
     with FileLock(folder / "teacher.lock") if RANKS.main else nullcontext():
-        if RANKS.main and _trained_in(folder) is None and (
+        if RANKS.main and _trained_in(folder, weights) is None and (
                 source := finished_standalone_run(tcfg, key)):
             drop_temp_files(folder)
             log.info("teacher %s: the finished %s run %s (its logits computed once)", key,
                      tcfg.objective.name, source)
             _reuse(tcfg, source, folder)
-        if RANKS.broadcast(_trained_in(folder) is None):
+        if RANKS.broadcast(_trained_in(folder, weights) is None):
             reused = False
             if RANKS.main:
                 drop_temp_files(folder)  # a killed earlier attempt's; the lock makes us the writer
@@ -177,7 +185,7 @@ def ensure_teacher(cfg: DictConfig, run: Callable) -> Teacher:
 
             run(tcfg, folder, overrides=[], after_fit=store_logits)
         RANKS.barrier()  # rank 0 has written the logits
-        trained_in = _trained_in(folder)
+        trained_in = _trained_in(folder, weights)
     return Teacher(key, trained_in, read_logits(folder / LOGITS_FILE),
                    read_json(trained_in / METRICS_FILE), reused)
 
