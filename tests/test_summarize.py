@@ -388,3 +388,24 @@ def test_sensitivity_plot_never_pools_another_knobs_values():
     low = lines["s max_cmi_kd", "s max_cmi_kd [lam=0.1]"]
     assert low["mean"].tolist() == [72.0, 72.0] and low["count"].tolist() == [2, 1]
     assert lines["s max_cmi_kd", "s max_cmi_kd [lam=0.2]"]["mean"].tolist() == [60.0, 64.0]
+
+
+def test_a_line_with_other_seed_counts_in_other_panels_is_one_legend_entry(tmp_path, monkeypatch):
+    """max_cmi_kd on MRPC (5 seeds) and CoLA (3): one legend line "... (n=3-5)", not two."""
+    import pandas as pd
+
+    from cmift.report import plots
+
+    rows = [{"method": "m min_cmi", "objective": "min_cmi", "task": task, "seed": s,
+             "cfg.objective.cmi.lam": lam, "dev.score": 0.7 + s / 100}
+            for task, seeds in (("mrpc", 5), ("cola", 3)) for s in range(1, seeds + 1)
+            for lam in (0.1, 1.0)]
+    runs = pd.DataFrame(rows).assign(status="ok", dropout="standard", tuning="full",
+                                     mixture="none")
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and [])
+    plots.sensitivity(runs, "objective.cmi.lam", "lam", tmp_path / "s")
+    fig = drawn["fig"]
+    assert sorted(line.get_label() for ax in fig.axes for line in ax.get_lines()) == \
+        ["m min_cmi (n=3)", "m min_cmi (n=5)"]  # each panel says its own n
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m min_cmi (n=3-5)"]

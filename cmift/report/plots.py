@@ -4,6 +4,7 @@ dev CMI / NCMI across training with seed bands, and guided dropout's rates per l
 
 from __future__ import annotations
 
+import re
 from itertools import cycle
 from pathlib import Path
 
@@ -34,13 +35,25 @@ def _save(fig, path: Path) -> list[Path]:
 
 def _legend_below(fig, axes) -> None:
     """One legend for all panels, under them: inside a panel it hid the curves, and the
-    methods are the same in every panel (figures made with layout="constrained")."""
-    entries = {}
+    methods are the same in every panel (figures made with layout="constrained"). A line whose
+    seed count differs between panels ("x (n=3)", "x (n=5)") is one entry, "x (n=3-5)"."""
+    entries, seeds = {}, {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(label, handle)
+            name, n = (m.group(1), int(m.group(2))) if (
+                m := re.fullmatch(r"(.*) \(n=(\d+)\)", label)) else (label, None)
+            entries.setdefault(name, handle)
+            seeds.setdefault(name, set()).update([] if n is None else [n])
     if entries:
-        fig.legend(entries.values(), entries.keys(), loc="outside lower center", fontsize=7)
+        fig.legend(entries.values(), [_with_seeds(name, seeds[name]) for name in entries],
+                   loc="outside lower center", fontsize=7)
+
+
+def _with_seeds(name: str, counts: set[int]) -> str:
+    if not counts:
+        return name
+    low, high = min(counts), max(counts)
+    return f"{name} (n={low})" if low == high else f"{name} (n={low}-{high})"
 
 
 def _colors(methods) -> dict:
