@@ -48,8 +48,8 @@ sweep() {  # sweep <study> <overrides...>
      "output_dir=$repo/results/cpu/$study") >> "$log" 2>&1
 }
 
-comparison2() {  # comparison2 <task> <seeds>: kd_student_tuning, then max_cmi_kd_vs_kd at its choice
-  local task=$1 seeds=$2 subset=() grid=ce_tuning teacher recipe
+comparison2() {  # comparison2 <task> <seeds> [overrides]: kd_student_tuning, then max_cmi_kd_vs_kd
+  local task=$1 seeds=$2 subset=() grid=ce_tuning teacher recipe  # at its choice
   [ $task = sst2 ] && { subset=(data.max_train_samples=10000); grid=ce_tuning_sst2; }
   teacher=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/$grid" $task \
     --teacher) || { echo "$slot: no ce recipe for $task's teachers" >&2; return 0; }
@@ -57,14 +57,13 @@ comparison2() {  # comparison2 <task> <seeds>: kd_student_tuning, then max_cmi_k
   recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
     $task) || { [ -n "${QUEUE_PLAN:-}" ] && echo "$slot: max_cmi_kd_vs_kd $task -> waits" \
     "for kd_student_tuning"; return 0; }
-  sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" "${subset[@]}" $teacher $recipe seed=$seeds
+  sweep max_cmi_kd_vs_kd task=$task "${fast[@]}" "${subset[@]}" $teacher $recipe seed=$seeds \
+    "${@:3}"
 }
 
-ttm_rows() {  # the TTM / WTTM rows (arXiv 2402.11148's losses) on MRPC: the same teachers
-  local recipe
-  recipe=$(cd "$tree" && python studies/chosen_recipe.py "$repo/results/cpu/kd_student_tuning" \
-    mrpc) && sweep max_cmi_kd_vs_kd task=mrpc "${fast[@]}" distillation.teacher_lr=1e-4 \
-    distillation.teacher_epochs=5 $recipe seed=1,2,3 distillation=ttm,wttm
+ttm_rows() {  # ttm_rows <task:seeds>...: TTM / WTTM students (arXiv 2402.11148's losses) as
+  local run  # extra rows: the same tasks, seeds, teachers and student recipe as kd's
+  for run in "$@"; do comparison2 ${run%%:*} ${run#*:} distillation=ttm,wttm; done
 }
 
 case $slot in
@@ -84,7 +83,8 @@ case $slot in
       sweep min_cmi_vs_ce task=sst2 data.max_train_samples=10000 $recipe seed=1,2,3
     # comparison 2's last sweeps from the other end (B runs them in order), so that #14 ends
     # before #18's long tuning_methods sweeps take both slots
-    ttm_rows; comparison2 rte 4,5; comparison2 mrpc 4,5
+    ttm_rows sst2:1,2,3 cola:1,2,3 rte:1,2,3,4,5 mrpc:4,5 wnli:1,2,3
+    comparison2 rte 4,5; comparison2 mrpc 4,5
     # then B's last sweeps from the other end: a run one slot has claimed or finished, the
     # other skips (run-directory lock), so the two slots share the tail of the queue
     sweep mixtures "${fast[@]}"
@@ -103,7 +103,7 @@ case $slot in
     for run in mrpc:1,2,3 rte:1,2,3 cola:1,2,3 sst2:1,2,3 wnli:1,2,3 mrpc:4,5 rte:4,5; do
       comparison2 ${run%%:*} ${run#*:}
     done
-    ttm_rows
+    ttm_rows mrpc:1,2,3 wnli:1,2,3 mrpc:4,5 rte:1,2,3,4,5 cola:1,2,3 sst2:1,2,3
     # each task: the preset (all five methods at the authors' lr 5e-5), then its second lr for
     # the four parameter-efficient methods (the preset's header says why)
     for task in rte cola sst2; do
