@@ -40,10 +40,10 @@ def _legend_below(fig, axes) -> None:
     entries, seeds = {}, {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            name, n = (m.group(1), int(m.group(2))) if (
-                m := re.fullmatch(r"(.*) \(n=(\d+)\)", label)) else (label, None)
+            counted = re.fullmatch(r"(.*) \(n=(\d+)\)", label)
+            name = counted.group(1) if counted else label
             entries.setdefault(name, handle)
-            seeds.setdefault(name, set()).update([] if n is None else [n])
+            seeds.setdefault(name, set()).update([int(counted.group(2))] if counted else [])
     if entries:
         fig.legend(entries.values(), [_with_seeds(name, seeds[name]) for name in entries],
                    loc="outside lower center", fontsize=7)
