@@ -41,7 +41,7 @@ from cmift.runs.files import (
     read_json,
     write_json,
 )
-from cmift.runs.rundir import drop_temp_files
+from cmift.runs.rundir import drop_temp_files, finished_ok
 from cmift.training.device import Forward
 from cmift.training.evaluate import predict
 
@@ -83,17 +83,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema()), values)
 
 
-def finished(run_dir: Path) -> bool:
-    """A finished (status ok) run."""
-    try:
-        return read_json(run_dir / METRICS_FILE).get("status") == "ok"
-    except (OSError, ValueError):
-        return False
-
-
 def finished_with_weights(run_dir: Path) -> bool:
     """A finished (status ok) run whose weights were kept."""
-    return finished(run_dir) and (run_dir / MODEL_DIR).is_dir()
+    return finished_ok(run_dir) and (run_dir / MODEL_DIR).is_dir()
 
 
 def _trained_in(folder: Path, weights: bool) -> Path | None:
@@ -108,7 +100,7 @@ def _trained_in(folder: Path, weights: bool) -> Path | None:
         source = Path(read_json(folder / SOURCE_FILE)["run_dir"])
     except (OSError, ValueError, KeyError):
         source = folder
-    return source if (finished_with_weights if weights else finished)(source) else None
+    return source if (finished_with_weights if weights else finished_ok)(source) else None
 
 
 def finished_standalone_run(tcfg: DictConfig, key: str) -> Path | None:
