@@ -90,6 +90,10 @@ case $slot in
     sweep mixtures "${fast[@]}"
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000
     sweep tuning_methods task=sst2 "${fast[@]}" data.max_train_samples=8000 "${peft_lr[@]}"
+    # and B's tuning_methods sweeps from the other end, so that neither slot idles
+    sweep tuning_methods task=cola "${fast[@]}" "${peft_lr[@]}"
+    sweep tuning_methods task=cola "${fast[@]}"
+    sweep tuning_methods task=rte "${fast[@]}" "${peft_lr[@]}"
     ;;
   B)  # #17's evidence, #14 comparison 2, then #18, #21
     sweep guided_dropout "${tuned[@]}"
