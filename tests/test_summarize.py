@@ -409,3 +409,20 @@ def test_a_line_with_other_seed_counts_in_other_panels_is_one_legend_entry(tmp_p
     assert sorted(line.get_label() for ax in fig.axes for line in ax.get_lines()) == \
         ["m min_cmi (n=3)", "m min_cmi (n=5)"]  # each panel says its own n
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m min_cmi (n=3-5)"]
+
+
+def test_trainable_parameters_that_differ_by_task_show_their_range():
+    """lt_prefix's label maps grow with the label texts (SST-2 259,203, RTE 609,411): the
+    table says both ends, not the larger alone; equal counts stay one number."""
+    import pandas as pd
+
+    from cmift.report.tables import _count
+
+    def group(counts, tuning):
+        return pd.DataFrame({"trainable_parameters": counts, "tuning": tuning})
+
+    assert _count(group([259203, 609411, 259203], "lt_prefix")) == "259.2k-609.4k"
+    assert _count(group([46850, 46850], "prefix")) == "46.9k"
+    assert _count(group([22_713_218, 22_713_218], "full")) == "22.7M"
+    assert _count(group([None, None], "full")) == "all"
+    assert _count(group([None], "prefix")) == "—"

@@ -41,13 +41,20 @@ def _task_cell(cell_runs: pd.DataFrame, setting: str, task: str) -> tuple[str, f
     return text + _not_ok(cell_runs), float(task_score(sel).mean())
 
 
-def _count(group: pd.DataFrame) -> str:
-    """A method's trainable parameters (the largest over its tasks: heads differ), e.g. 5.3k."""
-    n = pd.to_numeric(group.get("trainable_parameters"), errors="coerce").max()
-    if not n or math.isnan(n):
-        return "all" if (group["tuning"] == "full").all() else "—"
+def _short(n: float) -> str:
+    """A count in three figures, e.g. 5.3k, 22.7M."""
     return next(f"{n / d:.1f}{u}" for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""))
                 if n >= d or d == 1)
+
+
+def _count(group: pd.DataFrame) -> str:
+    """A method's trainable parameters, e.g. 5.3k, or their range over its tasks where they
+    differ (L-Tuning's label maps grow with each task's label texts: 259.2k-609.4k)."""
+    counts = pd.to_numeric(group.get("trainable_parameters"), errors="coerce").dropna()
+    if counts.empty or not counts.max():
+        return "all" if (group["tuning"] == "full").all() else "—"
+    low, high = _short(counts.min()), _short(counts.max())
+    return high if low == high else f"{low}-{high}"
 
 
 def _speed(group: pd.DataFrame) -> str:
