@@ -426,3 +426,45 @@ def test_trainable_parameters_that_differ_by_task_show_their_range():
     assert _count(group([22_713_218, 22_713_218], "full")) == "22.7M"
     assert _count(group([None, None], "full")) == "all"
     assert _count(group([None], "prefix")) == "—"
+
+
+def test_a_tuned_learning_rate_pairs_each_side_at_its_own_choice(tmp_path):
+    """tuning_methods tunes train.lr: ce chooses 2e-5, min_cmi 1e-4 (selection split); the
+    paired difference is min_cmi at 1e-4 minus ce at 2e-5 per seed, never 'no ce pair'."""
+    def run(objective, seed, lr, dev, sel):
+        make_run(tmp_path, "rte", objective, seed, {"accuracy": dev}, lam=lr)
+        path = next(tmp_path.glob(f"rte/{objective}/m/seed={seed},lam={lr},*/metrics.json"))
+        record = json.loads(path.read_text())
+        record["config"]["train"]["lr"] = lr
+        record["config"]["objective"].get("cmi", {})["lam"] = 0.1
+        record["evals"][0]["selection"] = {"accuracy": sel, "score": sel}
+        record["final"]["step"] = record["best"]["step"] = 10
+        path.write_text(json.dumps(record))
+
+    for seed in (1, 2, 3):
+        run("ce", seed, 2e-5, 0.60 + seed / 100, 0.9)
+        run("ce", seed, 1e-4, 0.50, 0.1)
+        run("min_cmi", seed, 2e-5, 0.50, 0.1)
+        run("min_cmi", seed, 1e-4, 0.70 + seed / 50, 0.9)
+    out = write_tables([str(tmp_path)], tmp_path / "tables", ["md"], "last", plots=False,
+                       tune=("train.lr",))
+    delta = out["delta"]
+    # per seed: (0.72 - 0.61, 0.74 - 0.62, 0.76 - 0.63) x 100 = 11, 12, 13
+    assert delta.loc["m min_cmi", "RTE"].startswith("+12.0 [") and "W3/L0 of 3" in \
+        delta.loc["m min_cmi", "RTE"]
+    assert delta.attrs["paired_on"] == \
+        "model, data, recipe and seed, but train.lr at each side's own choice"
+
+
+def test_training_speed_is_per_task_in_the_tables_task_order():
+    """RTE's pairs are several times longer than SST-2's sentences: one median over both
+    tasks would say neither; each task gets its own median."""
+    import pandas as pd
+
+    from cmift.report.tables import _speed
+
+    group = pd.DataFrame({"task": ["sst2", "sst2", "sst2", "rte", "rte", "rte"],
+                          "status": ["ok", "ok", "failed", "ok", "ok", "ok"],
+                          "train_examples_per_second": [140.0, 112.0, 900.0, 45.0, 8.0, 44.0]})
+    assert _speed(group, ["sst2", "rte"]) == "126.0 / 44.0"
+    assert _speed(group, ["cola", "rte"]) == "— / 44.0"

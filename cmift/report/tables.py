@@ -57,12 +57,14 @@ def _count(group: pd.DataFrame) -> str:
     return high if low == high else f"{low}-{high}"
 
 
-def _speed(group: pd.DataFrame) -> str:
-    """A method's training examples/s: the median over its finished runs (all tasks; each
-    method runs the same tasks, so the medians compare), or — when none has one."""
+def _speed(group: pd.DataFrame, tasks: list[str]) -> str:
+    """A method's training examples/s per task, in the table's task order (the median over its
+    finished runs; tasks differ in length several-fold, so one number over all would mix
+    them), or — for a task without one."""
     ok = group[group["status"] == "ok"]
-    eps = pd.to_numeric(ok.get("train_examples_per_second"), errors="coerce").dropna()
-    return "—" if eps.empty else f"{eps.median():.1f}"
+    eps = pd.to_numeric(ok.get("train_examples_per_second"), errors="coerce")
+    medians = (eps[ok["task"] == task].median() for task in tasks)
+    return " / ".join("—" if math.isnan(m) else f"{m:.1f}" for m in medians)
 
 
 def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,9 +90,11 @@ def glue_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         num["avg"] = np.nan if partial or not done else float(np.mean(done))
         display[method], numeric[method] = disp, num
     if "tuning" in runs and (runs["tuning"] != "full").any():  # parameter-efficient rows
+        speed = "train ex/s" + (f" ({' / '.join(display_name(t) for t in tasks)})"
+                                if len(tasks) > 1 else "")
         for method, group in runs.groupby("method", sort=True):
             display[method]["trainable"] = _count(group)
-            display[method]["train ex/s"] = _speed(group)
+            display[method][speed] = _speed(group, tasks)
     headers = {t: f"{display_name(t)} ({'/'.join(official_metrics(t))})" for t in tasks}
     frame = pd.DataFrame.from_dict(display, orient="index").rename(columns=headers)
     means = pd.DataFrame.from_dict(numeric, orient="index").rename(columns=headers)
@@ -132,7 +136,11 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
     ok = ok.merge(select(runs), on=["method", "task", "setting"])
     if ok.empty:  # a study whose runs have not finished yet
         return pd.DataFrame()
-    recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))]
+    # a recipe key the study tunes (tuning_methods' train.lr) is each side's own choice, as a
+    # method's knobs are: it pairs nothing, or no method would ever meet its baseline
+    tuned = {c for knobs in ok.get("tuned", pd.Series(dtype=str)) for c in knobs.split(",")}
+    recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))
+              and c not in tuned]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
     baseline, name, keys = is_baseline(ok), "ce", ["task", "recipe", "seed"]
     paired_on = "model, data, recipe and seed"
@@ -140,6 +148,8 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
         baseline, name = ok["objective"] == "kd", "kd"
         keys += ["student", "distillation"]
         paired_on = "model, data, recipe, student and distillation loss and seed"
+    if own := sorted(c[len("cfg."):] for c in tuned if c.startswith(("cfg.train.", "cfg.data."))):
+        paired_on += f", but {', '.join(own)} at each side's own choice"
     base = ok[baseline][[*keys, "score"]]
     table = {}
     for method, group in ok[~baseline].groupby("method"):
