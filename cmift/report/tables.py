@@ -138,9 +138,10 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     # a recipe key the study tunes (tuning_methods' train.lr) is each side's own choice, as a
     # method's knobs are: it pairs nothing, or no method would ever meet its baseline
-    tuned = {c for knobs in ok.get("tuned", pd.Series(dtype=str)) for c in knobs.split(",")}
-    recipe = [c for c in ok.columns if c.startswith(("cfg.train.", "cfg.data.", "cfg.model."))
-              and c not in tuned]
+    recipe_keys = ("cfg.train.", "cfg.data.", "cfg.model.")
+    tuned = {c for knobs in ok.get("tuned", pd.Series(dtype=str)) for c in knobs.split(",")
+             if c.startswith(recipe_keys)}
+    recipe = [c for c in ok.columns if c.startswith(recipe_keys) and c not in tuned]
     ok["recipe"] = ok[recipe].map(as_text).agg("|".join, axis=1) if recipe else ""
     baseline, name, keys = is_baseline(ok), "ce", ["task", "recipe", "seed"]
     paired_on = "model, data, recipe and seed"
@@ -148,7 +149,7 @@ def delta_table(runs: pd.DataFrame) -> pd.DataFrame:
         baseline, name = ok["objective"] == "kd", "kd"
         keys += ["student", "distillation"]
         paired_on = "model, data, recipe, student and distillation loss and seed"
-    if own := sorted(c[len("cfg."):] for c in tuned if c.startswith(("cfg.train.", "cfg.data."))):
+    if own := sorted(c[len("cfg."):] for c in tuned):
         paired_on += f", but {', '.join(own)} at each side's own choice"
     base = ok[baseline][[*keys, "score"]]
     table = {}
